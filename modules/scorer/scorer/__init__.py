@@ -1,0 +1,1 @@
+"""Azure Custom Vision ONNX exports served over HTTP and gRPC from one scoring core."""

@@ -1,0 +1,140 @@
+"""`python -m scorer`: check settings and model, then serve with gunicorn in this process.
+
+The model is inspected (files only) before gunicorn forks, so a bad export stops the start
+with one line; the ONNX Runtime session is created in the worker after the fork, once, and
+shared by all its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from . import providers
+from .core import Scorer, ScorerConfig
+from .fetch import FetchPolicy
+from .http import create_app
+from .imaging import DecodeLimits
+from .model import ModelError, ModelOptions, ModelSpec, inspect_export, open_session
+from .settings import Settings, SettingsError
+
+log = logging.getLogger("scorer")
+
+
+def model_options(settings: Settings) -> ModelOptions:
+    """The per-model choices the settings make."""
+    return ModelOptions(
+        pixel_format=settings.pixel_format,
+        pixel_range=settings.pixel_range,
+        yolo_sigmoid_xy=settings.yolo_sigmoid_xy,
+        yolo_nms_per_class=settings.yolo_nms == "per_class",
+        yolo_max_detections=settings.yolo_max_detections,
+        yolo_prob_threshold=settings.yolo_prob_threshold,
+    )
+
+
+def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
+    """The core's configuration from the settings."""
+    return ScorerConfig(
+        model_name=settings.model_name or spec.directory.resolve().name,
+        model_version=settings.model_version or spec.sha256[:12],
+        limits=DecodeLimits(settings.max_image_pixels, settings.jpeg_draft),
+        max_body_bytes=settings.max_body_bytes,
+        default_threshold=settings.default_threshold,
+        default_max_predictions=settings.default_max_predictions,
+        max_inflight=settings.max_inflight,
+    )
+
+
+def load_model(scorer: Scorer, settings: Settings) -> None:
+    """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn."""
+    try:
+        trt = providers.tensorrt_options(
+            settings.trt_fp16, settings.trt_cache_dir or scorer.spec.directory / ".trt-cache"
+        )
+        chosen = providers.resolve(settings.providers, trt)
+        level = logging.getLevelName(settings.log_level)
+        scorer.load(lambda spec: open_session(spec, chosen, level))
+    except (ModelError, RuntimeError) as error:
+        log.critical("cannot start: %s", error)
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+    except Exception:  # noqa: BLE001 - the outermost boundary of the loader thread
+        log.critical("cannot start: unexpected error while loading the model", exc_info=True)
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class ScorerServer(BaseApplication):
+    """gunicorn, configured from `Settings`, with one worker that owns the model."""
+
+    def __init__(self, settings: Settings, spec: ModelSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        config: dict[str, Any] = {
+            "bind": [f"{s.host}:{s.http_port}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "graceful_timeout": s.graceful_timeout_s,
+            "timeout": 120,
+            "keepalive": 75,
+            "loglevel": s.log_level.lower(),
+            "accesslog": None,
+            "when_ready": self._when_ready,
+        }
+        for key, value in config.items():
+            self.cfg.set(key, value)
+
+    @staticmethod
+    def _when_ready(server: Arbiter) -> None:
+        for listener in server.LISTENERS:
+            log.info("HTTP listening on http://%s", listener)
+
+    def load(self) -> Any:
+        """Runs in the worker after the fork: build the scorer, load the model in background."""
+        scorer = Scorer(self.spec, scorer_config(self.settings, self.spec))
+        threading.Thread(
+            target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
+        ).start()
+        policy = None
+        if self.settings.url_enabled:
+            policy = FetchPolicy(
+                self.settings.url_allowed_hosts,
+                self.settings.max_body_bytes,
+                self.settings.url_timeout_s,
+            )
+        return create_app(scorer, policy)
+
+
+def main() -> int:
+    """Entry point; returns the exit status."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"scorer: cannot start: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        spec = inspect_export(settings.model_dir, model_options(settings), settings.cache_dir)
+    except ModelError as error:
+        log.critical("cannot start: %s", error)
+        return 2
+    log.info("serving %s: %s", settings.model_dir, spec.summary())
+    ScorerServer(settings, spec).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

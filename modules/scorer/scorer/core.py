@@ -1,0 +1,221 @@
+"""The scoring core: image bytes in, `Result` out. Knows nothing of Flask, gRPC or Azure."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import imaging
+from .decode import LabelMismatch, Prediction
+from .errors import Code, ScoringError
+from .metrics import ScorerMetrics
+from .model import LoadedModel, ModelSpec
+
+__all__ = ["Code", "Result", "ScoreOptions", "Scorer", "ScorerConfig", "ScoringError"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+    """Per-request choices; `None` takes the scorer's defaults."""
+
+    threshold: float | None = None
+    max_predictions: int | None = None
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ScoringError(Code.INVALID_ARGUMENT, "threshold must be between 0 and 1")
+        if self.max_predictions is not None and self.max_predictions < 0:
+            raise ScoringError(Code.INVALID_ARGUMENT, "maxPredictions must be 0 (all) or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Milliseconds per stage of one request."""
+
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One scored image, shaped like Custom Vision's container response plus what ops need."""
+
+    id: str
+    created: str
+    predictions: tuple[Prediction, ...]
+    model_name: str
+    model_version: str
+    kind: str
+    timing: Timing
+    provider: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of ARCHITECTURE.md."""
+        predictions = []
+        for p in self.predictions:
+            item: dict[str, Any] = {
+                "probability": p.probability, "tagId": p.tag_id, "tagName": p.tag_name,
+            }
+            if p.box is not None:
+                item["boundingBox"] = dataclasses.asdict(p.box)
+            predictions.append(item)
+        return {
+            "id": self.id,
+            "project": "",
+            "iteration": "",
+            "created": self.created,
+            "predictions": predictions,
+            "model": {"name": self.model_name, "version": self.model_version, "kind": self.kind},
+            "timing": {
+                "decodeMs": round(self.timing.decode_ms, 3),
+                "inferenceMs": round(self.timing.inference_ms, 3),
+                "totalMs": round(self.timing.total_ms, 3),
+            },
+            "provider": self.provider,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorerConfig:
+    """What the core needs from the settings."""
+
+    model_name: str
+    model_version: str
+    limits: imaging.DecodeLimits = imaging.DecodeLimits()
+    max_body_bytes: int = 8 * 1024 * 1024
+    default_threshold: float = 0.0
+    default_max_predictions: int = 0
+    max_inflight: int = 16
+
+
+class Scorer:
+    """Scores images with one shared session; thread-safe; not ready until warmed up."""
+
+    def __init__(self, spec: ModelSpec, config: ScorerConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self.metrics = ScorerMetrics()
+        self._model: LoadedModel | None = None
+        self._slots = threading.BoundedSemaphore(config.max_inflight)
+        self._draft_size = spec.preprocessing.draft_size()
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._model.providers if self._model else ()
+
+    def load(self, open_model: Callable[[ModelSpec], LoadedModel]) -> None:
+        """Open the session, warm it up, then mark the scorer ready."""
+        model = open_model(self.spec)
+        started = time.perf_counter()
+        model.warm_up()
+        log.info(
+            "model %s ready on %s (warm-up %.0f ms)",
+            self.config.model_name, ", ".join(model.providers),
+            (time.perf_counter() - started) * 1000,
+        )
+        self.metrics.model.labels(
+            self.config.model_name, self.config.model_version, self.spec.kind.task,
+            model.providers[0],
+        ).set(1)
+        self._model = model
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one in-flight slot (shared by every front end) or fail with OVERLOADED now.
+
+        Errors raised while the slot is held are counted by code here, once for all front ends.
+        """
+        if not self._slots.acquire(blocking=False):
+            self.metrics.error(Code.OVERLOADED.value)
+            raise ScoringError(
+                Code.OVERLOADED,
+                f"{self.config.max_inflight} requests are being scored; retry shortly",
+            )
+        self.metrics.inflight.inc()
+        try:
+            yield
+        except ScoringError as error:
+            self.metrics.error(error.code.value)
+            raise
+        except Exception:
+            self.metrics.error(Code.INTERNAL.value)
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self._slots.release()
+
+    def model_info(self) -> dict[str, Any]:
+        """What `GET /model` and gRPC `GetModel` report."""
+        prep = self.spec.preprocessing
+        return {
+            "name": self.config.model_name,
+            "version": self.config.model_version,
+            "kind": self.spec.kind.task,
+            "format": self.spec.kind.description,
+            "labels": list(self.spec.labels),
+            "inputName": self.spec.input_name,
+            "inputShape": [d if isinstance(d, int) else str(d) for d in self.spec.input_shape],
+            "inputType": "float16" if prep.dtype.__name__ == "float16" else "float32",
+            "providers": list(self.providers),
+            "sha256": self.spec.sha256,
+            "ready": self.ready,
+        }
+
+    def score(self, image: bytes, options: ScoreOptions = ScoreOptions()) -> Result:
+        """Decode, preprocess, run and post-process one image."""
+        options.validate()
+        model = self._model
+        if model is None:
+            raise ScoringError(Code.NOT_READY, "the model is still loading; retry shortly")
+        if not image:
+            raise ScoringError(Code.EMPTY_BODY, "no image bytes in the request")
+        started = time.perf_counter()
+        picture = imaging.decode_image(image, self.config.limits, self._draft_size)
+        tensor = imaging.to_tensor(picture, self.spec.preprocessing)
+        decoded = time.perf_counter()
+        outputs = model.run(tensor)
+        inferred = time.perf_counter()
+        try:
+            predictions = model.decode(outputs)
+        except LabelMismatch as error:
+            raise ScoringError(Code.INTERNAL, f"model output does not fit labels.txt: {error}") \
+                from None
+        threshold = self.config.default_threshold if options.threshold is None else options.threshold
+        limit = (
+            self.config.default_max_predictions
+            if options.max_predictions is None
+            else options.max_predictions
+        )
+        kept = [p for p in predictions if p.probability >= threshold]
+        if limit:
+            kept = kept[:limit]
+        finished = time.perf_counter()
+        self.metrics.observe(decoded - started, inferred - decoded, finished - started)
+        return Result(
+            id=str(uuid.uuid4()),
+            created=datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            predictions=tuple(kept),
+            model_name=self.config.model_name,
+            model_version=self.config.model_version,
+            kind=self.spec.kind.task,
+            timing=Timing(
+                (decoded - started) * 1000, (inferred - decoded) * 1000, (finished - started) * 1000
+            ),
+            provider=model.providers[0],
+        )

@@ -1,0 +1,32 @@
+"""The one list of failures both front ends report, and the exception that carries them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(str, enum.Enum):
+    """Every way a request can fail; `http.py` and `rpc.py` each map all of them."""
+
+    EMPTY_BODY = "EMPTY_BODY"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    INVALID_IMAGE = "INVALID_IMAGE"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
+    URL_FETCH_FAILED = "URL_FETCH_FAILED"
+    NOT_READY = "NOT_READY"
+    OVERLOADED = "OVERLOADED"
+    INTERNAL = "INTERNAL"
+
+
+class ScoringError(Exception):
+    """A failure with its `Code` and a message the client can act on."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,217 @@
+"""HTTP front end: `create_app(scorer)` translates requests to `Scorer.score` and back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .core import Code, ScoreOptions, Scorer, ScoringError
+from .fetch import FetchPolicy, fetch_image
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[Code, int] = {
+    Code.EMPTY_BODY: 400,
+    Code.UNSUPPORTED_MEDIA_TYPE: 415,
+    Code.INVALID_IMAGE: 400,
+    Code.IMAGE_TOO_LARGE: 413,
+    Code.BODY_TOO_LARGE: 413,
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.URL_NOT_ALLOWED: 403,
+    Code.URL_FETCH_FAILED: 502,
+    Code.NOT_READY: 503,
+    Code.OVERLOADED: 429,
+    Code.INTERNAL: 500,
+}
+RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp",
+                   "application/octet-stream")
+MULTIPART = "multipart/form-data"
+# The routes of Custom Vision's exported container, so its clients only change the address.
+CONTAINER_PREFIXES = (
+    "",
+    "/<project>",
+    "/<project>/classify/iterations/<published_name>",
+    "/<project>/detect/iterations/<published_name>",
+)
+
+
+def error_response(code: Code, message: str) -> Response:
+    """The one error body of ARCHITECTURE.md, with its HTTP status."""
+    response = jsonify({"error": {"code": code.value, "message": message}})
+    response.status_code = HTTP_STATUS[code]
+    if code in (Code.OVERLOADED, Code.NOT_READY):
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def _query_options() -> ScoreOptions:
+    def number(name: str, parse: Callable[[str], Any]) -> Any:
+        text = request.args.get(name)
+        if text is None or text == "":
+            return None
+        try:
+            return parse(text)
+        except ValueError:
+            raise ScoringError(Code.INVALID_ARGUMENT, f"{name}={text!r} is not a number") from None
+
+    options = ScoreOptions(number("threshold", float), number("maxPredictions", int))
+    options.validate()
+    return options
+
+
+def _multipart_image(preferred: tuple[str, ...]) -> bytes:
+    files = request.files
+    for name in preferred:
+        if name in files:
+            return files[name].read()
+    for name in preferred:
+        if name in request.form:
+            return request.form[name].encode("latin-1")
+    if files:
+        return next(iter(files.values())).read()
+    raise ScoringError(
+        Code.EMPTY_BODY, f"multipart body has no file (send it in the field {preferred[0]!r})"
+    )
+
+
+def _score_body() -> bytes:
+    """The image of `POST /score`: a raw body of an image type, or a multipart file."""
+    mimetype = request.mimetype
+    if mimetype == MULTIPART:
+        return _multipart_image(("image",))
+    if mimetype and mimetype not in RAW_IMAGE_TYPES:
+        raise ScoringError(
+            Code.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {mimetype} is not accepted; send image/jpeg, image/png, image/bmp,"
+            f" application/octet-stream or {MULTIPART}",
+        )
+    return request.get_data(cache=False)
+
+
+def _container_body() -> bytes:
+    """The image of the container's `/image`: field `imageData` (file or form) or raw body."""
+    if request.mimetype in (MULTIPART, "application/x-www-form-urlencoded") and (
+        request.files or request.form
+    ):
+        return _multipart_image(("imageData",))
+    return request.get_data(cache=False)
+
+
+def _url_body() -> str:
+    try:
+        payload = json.loads(request.get_data(cache=False) or b"null")
+    except ValueError:
+        raise ScoringError(Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}') \
+            from None
+    url = payload.get("url", payload.get("Url")) if isinstance(payload, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ScoringError(Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}')
+    return url
+
+
+def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask:
+    """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off."""
+    app = Flask("scorer")
+    app.config["MAX_CONTENT_LENGTH"] = scorer.config.max_body_bytes
+
+    def scored(read_image: Callable[[], bytes]) -> Response:
+        with scorer.admit():
+            options = _query_options()
+            try:
+                image = read_image()
+            except RequestEntityTooLarge:
+                raise ScoringError(
+                    Code.BODY_TOO_LARGE,
+                    f"request body is larger than the {scorer.config.max_body_bytes}-byte"
+                    " limit",
+                ) from None
+            if not image:
+                raise ScoringError(Code.EMPTY_BODY, "request body is empty; send the image bytes")
+            return jsonify(scorer.score(image, options).to_dict())
+
+    @app.post("/score")
+    def score() -> Response:
+        return scored(_score_body)
+
+    def container_image(**_route: str) -> Response:
+        return scored(_container_body)
+
+    def container_url(**_route: str) -> Response:
+        if fetch_policy is None:
+            raise ScoringError(
+                Code.URL_NOT_ALLOWED,
+                "POST /url is off; set SCORER_URL_ENABLED=true and SCORER_URL_ALLOWED_HOSTS",
+            )
+        return scored(lambda: fetch_image(_url_body(), fetch_policy))
+
+    for prefix in CONTAINER_PREFIXES:
+        for suffix in ("", "/nostore"):
+            app.add_url_rule(f"{prefix}/image{suffix}", view_func=container_image,
+                             methods=["POST"], endpoint=f"image:{prefix}{suffix}")
+            app.add_url_rule(f"{prefix}/url{suffix}", view_func=container_url,
+                             methods=["POST"], endpoint=f"url:{prefix}{suffix}")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "alive"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if not scorer.ready:
+            raise ScoringError(Code.NOT_READY, "the model is still loading or warming up")
+        return jsonify({"status": "ready", "providers": list(scorer.providers)})
+
+    @app.get("/model")
+    def model() -> Response:
+        return jsonify(scorer.model_info())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(scorer.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %d %.1f ms", request.method, request.path, response.status_code, elapsed)
+        return response
+
+    @app.errorhandler(ScoringError)
+    def scoring_error(error: ScoringError) -> Response:
+        return error_response(error.code, error.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            return error_response(Code.NOT_FOUND, f"no route {request.path}; see README")
+        if error.code == 405:
+            allowed = ", ".join(sorted(error.valid_methods or []))  # type: ignore[attr-defined]
+            response = error_response(
+                Code.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}"
+                f" (allowed: {allowed})",
+            )
+            response.headers["Allow"] = allowed
+            return response
+        if error.code == 400:
+            return error_response(Code.INVALID_ARGUMENT, error.description or "bad request")
+        log.warning("HTTP %s on %s: %s", error.code, request.path, error.description)
+        return error_response(Code.INTERNAL, error.description or "request failed")
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(Code.INTERNAL, f"internal error ({type(error).__name__}); logged")
+
+    return app

@@ -1,0 +1,135 @@
+"""Image bytes -> the model's input tensor, exactly as Custom Vision's reference does it."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import Code, ScoringError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP")
+RESIZE_METHODS = ("Stretch", "ByShorterSide", "ByPixelCountAlign32")
+CROP_METHODS = ("NoCrop", "OneCropCenter")
+PIXEL_RANGES = ("NominalRange_0_255", "Normalized_0_1", "Normalized_1_1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How the model wants its pixels; built from the export's metadata by `model.py`."""
+
+    target_size: tuple[int, int]  # (width, height)
+    resize_method: str = "Stretch"
+    crop_method: str = "NoCrop"
+    crop_size: tuple[int, int] | None = None
+    bgr: bool = False
+    pixel_range: str = "NominalRange_0_255"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    dtype: type = np.float32
+
+    def draft_size(self) -> tuple[int, int]:
+        """The smallest decode that keeps twice the model's resolution on both sides."""
+        side = 2 * max(*self.target_size, *(self.crop_size or (0, 0)))
+        return side, side
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """Guards against oversized and malicious images."""
+
+    max_pixels: int = 40_000_000
+    jpeg_draft: bool = True
+
+
+def decode_image(
+    data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode JPEG/PNG/BMP bytes into upright 3-channel RGB, or raise a `ScoringError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ScoringError(
+                    Code.IMAGE_TOO_LARGE,
+                    f"image is {width}x{height} = {width * height} pixels;"
+                    f" the limit is {limits.max_pixels}",
+                )
+            if limits.jpeg_draft and draft_size and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ScoringError:
+        raise
+    except UnidentifiedImageError:
+        raise ScoringError(
+            Code.INVALID_IMAGE, "body is not a JPEG, PNG or BMP image"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ScoringError(Code.IMAGE_TOO_LARGE, str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ScoringError(Code.INVALID_IMAGE, f"image cannot be decoded: {error}") from None
+    if width == 0 or height == 0:
+        raise ScoringError(Code.INVALID_IMAGE, "image has no pixels")
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten transparency on white and convert any mode (L, P, CMYK, I;16) to RGB."""
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    if image.mode.startswith("I"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / 65535.0 if array.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def resized_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int]:
+    """The (width, height) the image is resized to before any crop."""
+    target_w, target_h = prep.target_size
+    if prep.resize_method == "Stretch":
+        return target_w, target_h
+    if prep.resize_method == "ByShorterSide":
+        shorter = min(target_w, target_h)
+        scale = shorter / min(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    # ByPixelCountAlign32: keep the aspect, about target_w*target_h pixels, sides of 32s.
+    ratio = math.sqrt(target_w * target_h / (width * height))
+    return (
+        max(32, 32 * math.ceil(width * ratio / 32)),
+        max(32, 32 * math.ceil(height * ratio / 32)),
+    )
+
+
+def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """RGB image -> `[1, 3, H, W]` in the model's colour order, range and dtype."""
+    size = resized_size(image.width, image.height, prep)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    if prep.crop_method == "OneCropCenter" and prep.crop_size:
+        crop_w, crop_h = prep.crop_size
+        left = max(0, (image.width - crop_w) // 2)
+        top = max(0, (image.height - crop_h) // 2)
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+    pixels = np.asarray(image, dtype=np.float32)
+    if prep.bgr:
+        pixels = pixels[:, :, ::-1]
+    if prep.pixel_range == "Normalized_0_1":
+        pixels = pixels / 255.0
+    elif prep.pixel_range == "Normalized_1_1":
+        pixels = pixels / 127.5 - 1.0
+    if prep.mean != (0.0, 0.0, 0.0) or prep.std != (1.0, 1.0, 1.0):
+        pixels = (pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    tensor = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    return tensor.astype(prep.dtype, copy=False)

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one scorer, on its own registry so tests can build many."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ScorerMetrics:
+    """Requests by outcome code, latency per stage, requests in flight, the model and provider."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "scorer_requests", "Scoring requests by outcome code (OK or an error code)",
+            ["code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "scorer_stage_seconds", "Time per stage: decode, inference, total",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "scorer_inflight_requests", "Requests being scored now", registry=self.registry
+        )
+        self.model = Gauge(
+            "scorer_model_info", "The model served and the execution provider really used",
+            ["name", "version", "kind", "provider"], registry=self.registry,
+        )
+
+    def observe(self, decode_s: float, inference_s: float, total_s: float) -> None:
+        """Record one successful request's stage times."""
+        self.requests.labels("OK").inc()
+        self.latency.labels("decode").observe(decode_s)
+        self.latency.labels("inference").observe(inference_s)
+        self.latency.labels("total").observe(total_s)
+
+    def error(self, code: str) -> None:
+        """Record one failed request."""
+        self.requests.labels(code).inc()

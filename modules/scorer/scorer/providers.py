@@ -1,0 +1,143 @@
+"""Execution providers: which ones really initialise here, in TensorRT -> CUDA -> CPU order.
+
+ONNX Runtime writes its own log lines straight to the process's stdout/stderr; a CPU-only
+machine with `onnxruntime-gpu` would start with a wall of CUDA errors. While we probe and
+create sessions those lines are captured at the file-descriptor level and re-emitted through
+`logging`, so operators see them only at the level they asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+log = logging.getLogger(__name__)
+ort_log = logging.getLogger("onnxruntime")
+
+GPU_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU = "CPUExecutionProvider"
+_SEVERITY = {"V": logging.DEBUG, "I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ort_severity(level: int) -> int:
+    """ONNX Runtime's severity (0 verbose .. 4 fatal) for a Python logging level."""
+    if level <= logging.DEBUG:
+        return 1
+    if level <= logging.WARNING:
+        return 2
+    return 3
+
+
+@contextlib.contextmanager
+def native_output_to_logging(expected_failures: bool = False) -> Iterator[None]:
+    """Capture what native code prints to fds 1 and 2 and forward it line by line to logging.
+
+    With `expected_failures` (provider probing), errors are logged at DEBUG: a missing CUDA
+    on a CPU machine is the normal case there and is summarised in one INFO line instead.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 1)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            capture.seek(0)
+            for raw in capture.read().decode("utf-8", "replace").splitlines():
+                line = _ANSI.sub("", raw).strip()
+                if not line or set(line) <= {"*"}:
+                    continue
+                match = re.search(r"\[([VIWEF]):onnxruntime", line)
+                level = _SEVERITY.get(match.group(1), logging.ERROR) if match else logging.INFO
+                if expected_failures:
+                    level = logging.DEBUG
+                ort_log.log(level, "%s", line)
+
+
+def _probe_model() -> bytes:
+    """A one-node graph, enough to make a provider load its libraries and initialise."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def provider_works(name: str, options: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """Whether `name` really initialises here, with the reason when it does not."""
+    if name == CPU:
+        return True, ""
+    if name not in ort.get_available_providers():
+        return False, "not in this onnxruntime build"
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3
+    try:
+        with native_output_to_logging(expected_failures=True):
+            session = ort.InferenceSession(
+                _probe_model(), session_options, providers=[(name, options or {}), CPU]
+            )
+    except Exception as error:  # noqa: BLE001 - any native failure means "not usable"
+        return False, str(error).splitlines()[0][:200]
+    if name not in session.get_providers():
+        return False, "its libraries (CUDA, cuDNN or TensorRT) did not load"
+    return True, ""
+
+
+def tensorrt_options(fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
+    """TensorRT provider options: FP16 and an engine cache so restarts skip the engine build."""
+    options: dict[str, Any] = {"trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        options.update(
+            trt_engine_cache_enable=True,
+            trt_engine_cache_path=str(cache_dir),
+            trt_timing_cache_enable=True,
+            trt_timing_cache_path=str(cache_dir),
+        )
+    return options
+
+
+def resolve(
+    requested: Sequence[str], trt: dict[str, Any]
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """Provider list for the session: `auto` keeps the GPU providers that work, then CPU.
+
+    An explicit list is taken as the operator's demand: a provider in it that does not
+    initialise stops the start with a clear error instead of silently falling back.
+    """
+    options = {"TensorrtExecutionProvider": trt}
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    if tuple(requested) == ("auto",):
+        for name in GPU_PREFERENCE:
+            works, why = provider_works(name, options.get(name))
+            if works:
+                chosen.append((name, options[name]) if name in options else name)
+            else:
+                log.info("%s unavailable: %s", name, why)
+        return [*chosen, CPU]
+    for name in requested:
+        works, why = provider_works(name, options.get(name))
+        if not works:
+            raise RuntimeError(f"execution provider {name} was requested but {why}")
+        chosen.append((name, options[name]) if name in options else name)
+    return chosen

@@ -1,0 +1,165 @@
+"""Scorer settings: one frozen dataclass read from `SCORER_*` variables, validated at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX = "SCORER_"
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the scorer cannot start with; the message names the variable."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("expected a whole number above 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("expected a number above 0")
+    return value
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if names == ["auto"]:
+        return ("auto",)
+    unknown = [name for name in names if name not in PROVIDER_NAMES]
+    if not names or unknown:
+        raise ValueError(f"expected 'auto' or a list of {', '.join(PROVIDER_NAMES)}")
+    return tuple(PROVIDER_NAMES[name] for name in names)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(host.strip().lower() for host in text.split(",") if host.strip())
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the scorer; `from_env` is the only way production builds one."""
+
+    model_dir: Path = _setting(Path("/models/current"), Path, "folder with model.onnx and labels.txt")
+    model_name: str = _setting("", str, "name reported in results (default: the folder's name)")
+    model_version: str = _setting("", str, "version reported (default: first 12 hex of SHA-256)")
+    cache_dir: Path | None = _setting(None, Path, "writable folder for upgraded legacy models")
+    host: str = _setting("0.0.0.0", str, "address both servers listen on")
+    http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
+    grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")
+    threads: int = _setting(8, _positive_int, "HTTP worker threads")
+    max_inflight: int = _setting(16, _positive_int, "requests scored at once before 429")
+    max_body_bytes: int = _setting(8 * 1024 * 1024, _positive_int, "largest request body")
+    max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
+    jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
+    providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
+    trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
+    trt_cache_dir: Path | None = _setting(None, Path, "TensorRT engine cache folder")
+    default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
+    default_max_predictions: int = _setting(0, _non_negative_int, "0 means all")
+    pixel_format: str = _setting("auto", _choice("auto", "Rgb8", "Bgr8"), "override colour order")
+    pixel_range: str = _setting(
+        "auto",
+        _choice("auto", "NominalRange_0_255", "Normalized_0_1", "Normalized_1_1"),
+        "override value range",
+    )
+    yolo_sigmoid_xy: bool = _setting(True, _bool, "sigmoid on tx, ty (YOLOv2)")
+    yolo_nms: str = _setting("per_class", _choice("per_class", "global"), "NMS scope")
+    yolo_max_detections: int = _setting(20, _positive_int, "boxes kept after NMS")
+    yolo_prob_threshold: float = _setting(0.10, _probability, "probability kept before NMS")
+    url_enabled: bool = _setting(False, _bool, "serve POST /url (the device fetches a URL)")
+    url_allowed_hosts: tuple[str, ...] = _setting((), _hosts, "hosts /url may fetch from")
+    url_timeout_s: float = _setting(5.0, _positive_float, "time limit for a /url fetch")
+    graceful_timeout_s: float = _setting(20.0, _positive_float, "grace on SIGTERM")
+    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `SCORER_*` variables; raise `SettingsError` naming the first bad or unknown one."""
+        environ = os.environ if environ is None else environ
+        known = {PREFIX + field.name.upper(): field for field in dataclasses.fields(cls)}
+        unknown = sorted(key for key in environ if key.startswith(PREFIX) and key not in known)
+        if unknown:
+            raise SettingsError(f"{unknown[0]} is not a scorer setting (see .env.example)")
+        values: dict[str, Any] = {}
+        for name, field in known.items():
+            if name not in environ or environ[name] == "" and field.default is None:
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](environ[name])
+            except ValueError as error:
+                raise SettingsError(f"{name}={environ[name]!r}: {error}") from None
+        settings = cls(**values)
+        if settings.url_enabled and not settings.url_allowed_hosts:
+            raise SettingsError("SCORER_URL_ENABLED=true needs SCORER_URL_ALLOWED_HOSTS")
+        return settings
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, Any, str]]:
+        """(variable, default, description) for every setting, for `.env.example` checks."""
+        return [
+            (PREFIX + field.name.upper(), field.default, field.metadata["doc"])
+            for field in dataclasses.fields(cls)
+        ]
