@@ -102,13 +102,16 @@ def _colour_box(nodes: list[onnx.NodeProto], label: str, channel: int) -> tuple[
         helper.make_node("ReduceMax", [p + "mask"], [p + "cols"], axes=[0, 1, 2], keepdims=0),
         helper.make_node("ReduceMax", [p + "mask"], [p + "rows"], axes=[0, 1, 3], keepdims=0),
         helper.make_node("ArgMax", [p + "cols"], [p + "x1i"], axis=0, keepdims=1),
-        helper.make_node("ArgMax", [p + "cols"], [p + "x2i"], axis=0, keepdims=1,
-                         select_last_index=1),
+        helper.make_node(
+            "ArgMax", [p + "cols"], [p + "x2i"], axis=0, keepdims=1, select_last_index=1
+        ),
         helper.make_node("ArgMax", [p + "rows"], [p + "y1i"], axis=0, keepdims=1),
-        helper.make_node("ArgMax", [p + "rows"], [p + "y2i"], axis=0, keepdims=1,
-                         select_last_index=1),
-        helper.make_node("Concat", [p + "x1i", p + "y1i", p + "x2i", p + "y2i"], [p + "corners_i"],
-                         axis=0),
+        helper.make_node(
+            "ArgMax", [p + "rows"], [p + "y2i"], axis=0, keepdims=1, select_last_index=1
+        ),
+        helper.make_node(
+            "Concat", [p + "x1i", p + "y1i", p + "x2i", p + "y2i"], [p + "corners_i"], axis=0
+        ),
         helper.make_node("Cast", [p + "corners_i"], [p + "corners"], to=TensorProto.FLOAT),
         # [x1, y1, x2 + 1, y2 + 1] / size: the box covers the last pixel too.
         helper.make_node("Add", [p + "corners", "end_offset"], [p + "edges"]),
@@ -247,10 +250,10 @@ def write_images(folder: Path) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     out = Path(argv[1] if len(argv) > 1 else ".demo")
-    _write_model(out / "models" / "colors", classification_model(False), "Classification",
-                 "ONNX")
-    _write_model(out / "models" / "colors-fp16", classification_model(True), "Classification",
-                 "OnnxFloat16")
+    _write_model(out / "models" / "colors", classification_model(False), "Classification", "ONNX")
+    _write_model(
+        out / "models" / "colors-fp16", classification_model(True), "Classification", "OnnxFloat16"
+    )
     _write_model(out / "models" / "squares", detection_model(), "ObjectDetection", "ONNX")
     write_images(out / "images")
     print(f"demo models and images written to {out}")

@@ -8,6 +8,7 @@ shared by all its threads.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -16,12 +17,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from . import providers
 from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
-from .model import ModelError, ModelOptions, ModelSpec, inspect_export, open_session
+from .model import ModelError, ModelOptions, ModelSpec, inspect_export
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("scorer")
@@ -54,17 +54,20 @@ def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
 
 def load_model(scorer: Scorer, settings: Settings) -> None:
     """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn."""
+    # Imported here, in the worker after the fork, never in the master: see session.py.
+    from . import providers, session
+
     try:
         trt = providers.tensorrt_options(
             settings.trt_fp16, settings.trt_cache_dir or scorer.spec.directory / ".trt-cache"
         )
         chosen = providers.resolve(settings.providers, trt)
         level = logging.getLevelName(settings.log_level)
-        scorer.load(lambda spec: open_session(spec, chosen, level))
+        scorer.load(lambda spec: session.open_session(spec, chosen, level))
     except (ModelError, RuntimeError) as error:
         log.critical("cannot start: %s", error)
         os._exit(Arbiter.WORKER_BOOT_ERROR)
-    except Exception:  # noqa: BLE001 - the outermost boundary of the loader thread
+    except Exception:
         log.critical("cannot start: unexpected error while loading the model", exc_info=True)
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -84,11 +87,13 @@ class ScorerServer(BaseApplication):
             "workers": 1,
             "worker_class": "gthread",
             "threads": s.threads,
-            "graceful_timeout": s.graceful_timeout_s,
+            "graceful_timeout": math.ceil(s.graceful_timeout_s),
             "timeout": 120,
             "keepalive": 75,
             "loglevel": s.log_level.lower(),
             "accesslog": None,
+            # gunicorn's control socket would be written under $HOME; nothing here uses it.
+            "control_socket_disable": True,
             "when_ready": self._when_ready,
         }
         for key, value in config.items():
@@ -97,7 +102,7 @@ class ScorerServer(BaseApplication):
     @staticmethod
     def _when_ready(server: Arbiter) -> None:
         for listener in server.LISTENERS:
-            log.info("HTTP listening on http://%s", listener)
+            log.info("HTTP listening on %s", listener)
 
     def load(self) -> Any:
         """Runs in the worker after the fork: build the scorer, load the model in background."""

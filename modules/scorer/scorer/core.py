@@ -10,13 +10,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import imaging
 from .decode import LabelMismatch, Prediction
 from .errors import Code, ScoringError
 from .metrics import ScorerMetrics
-from .model import LoadedModel, ModelSpec
+from .model import ModelSpec
+
+if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
+    from .session import LoadedModel
 
 __all__ = ["Code", "Result", "ScoreOptions", "Scorer", "ScorerConfig", "ScoringError"]
 
@@ -64,7 +67,9 @@ class Result:
         predictions = []
         for p in self.predictions:
             item: dict[str, Any] = {
-                "probability": p.probability, "tagId": p.tag_id, "tagName": p.tag_name,
+                "probability": p.probability,
+                "tagId": p.tag_id,
+                "tagName": p.tag_name,
             }
             if p.box is not None:
                 item["boundingBox"] = dataclasses.asdict(p.box)
@@ -124,11 +129,14 @@ class Scorer:
         model.warm_up()
         log.info(
             "model %s ready on %s (warm-up %.0f ms)",
-            self.config.model_name, ", ".join(model.providers),
+            self.config.model_name,
+            ", ".join(model.providers),
             (time.perf_counter() - started) * 1000,
         )
         self.metrics.model.labels(
-            self.config.model_name, self.config.model_version, self.spec.kind.task,
+            self.config.model_name,
+            self.config.model_version,
+            self.spec.kind.task,
             model.providers[0],
         ).set(1)
         self._model = model
@@ -192,9 +200,12 @@ class Scorer:
         try:
             predictions = model.decode(outputs)
         except LabelMismatch as error:
-            raise ScoringError(Code.INTERNAL, f"model output does not fit labels.txt: {error}") \
-                from None
-        threshold = self.config.default_threshold if options.threshold is None else options.threshold
+            raise ScoringError(
+                Code.INTERNAL, f"model output does not fit labels.txt: {error}"
+            ) from None
+        threshold = (
+            self.config.default_threshold if options.threshold is None else options.threshold
+        )
         limit = (
             self.config.default_max_predictions
             if options.max_predictions is None

@@ -156,7 +156,10 @@ def _non_max_suppression(
         left, top, width, height = (float(v) for v in boxes[index])
         picked.append(
             Prediction(
-                probability, int(tag), labels[tag], _box_from_corners(left, top, left + width, top + height)
+                probability,
+                int(tag),
+                labels[tag],
+                _box_from_corners(left, top, left + width, top + height),
             )
         )
         overlapping = _iou(boxes[index], boxes) > options.nms_iou
@@ -166,4 +169,3 @@ def _non_max_suppression(
         else:
             probs[overlapping, :] = 0.0
     return picked
-

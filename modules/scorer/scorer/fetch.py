@@ -38,8 +38,9 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> Any:
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
         _check_url(newurl, self.policy)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 

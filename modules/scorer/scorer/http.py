@@ -32,8 +32,14 @@ HTTP_STATUS: dict[Code, int] = {
     Code.OVERLOADED: 429,
     Code.INTERNAL: 500,
 }
-RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp",
-                   "application/octet-stream")
+RAW_IMAGE_TYPES = (
+    "image/jpeg",
+    "image/jpg",
+    "image/png",
+    "image/bmp",
+    "image/x-ms-bmp",
+    "application/octet-stream",
+)
 MULTIPART = "multipart/form-data"
 # The routes of Custom Vision's exported container, so its clients only change the address.
 CONTAINER_PREFIXES = (
@@ -110,8 +116,9 @@ def _url_body() -> str:
     try:
         payload = json.loads(request.get_data(cache=False) or b"null")
     except ValueError:
-        raise ScoringError(Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}') \
-            from None
+        raise ScoringError(
+            Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}'
+        ) from None
     url = payload.get("url", payload.get("Url")) if isinstance(payload, dict) else None
     if not isinstance(url, str) or not url:
         raise ScoringError(Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}')
@@ -131,8 +138,7 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
             except RequestEntityTooLarge:
                 raise ScoringError(
                     Code.BODY_TOO_LARGE,
-                    f"request body is larger than the {scorer.config.max_body_bytes}-byte"
-                    " limit",
+                    f"request body is larger than the {scorer.config.max_body_bytes}-byte limit",
                 ) from None
             if not image:
                 raise ScoringError(Code.EMPTY_BODY, "request body is empty; send the image bytes")
@@ -155,10 +161,18 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
 
     for prefix in CONTAINER_PREFIXES:
         for suffix in ("", "/nostore"):
-            app.add_url_rule(f"{prefix}/image{suffix}", view_func=container_image,
-                             methods=["POST"], endpoint=f"image:{prefix}{suffix}")
-            app.add_url_rule(f"{prefix}/url{suffix}", view_func=container_url,
-                             methods=["POST"], endpoint=f"url:{prefix}{suffix}")
+            app.add_url_rule(
+                f"{prefix}/image{suffix}",
+                view_func=container_image,
+                methods=["POST"],
+                endpoint=f"image:{prefix}{suffix}",
+            )
+            app.add_url_rule(
+                f"{prefix}/url{suffix}",
+                view_func=container_url,
+                methods=["POST"],
+                endpoint=f"url:{prefix}{suffix}",
+            )
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -199,8 +213,8 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
         if error.code == 405:
             allowed = ", ".join(sorted(error.valid_methods or []))  # type: ignore[attr-defined]
             response = error_response(
-                Code.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}"
-                f" (allowed: {allowed})",
+                Code.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {request.path} (allowed: {allowed})",
             )
             response.headers["Allow"] = allowed
             return response

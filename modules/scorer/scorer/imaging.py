@@ -68,9 +68,7 @@ def decode_image(
     except ScoringError:
         raise
     except UnidentifiedImageError:
-        raise ScoringError(
-            Code.INVALID_IMAGE, "body is not a JPEG, PNG or BMP image"
-        ) from None
+        raise ScoringError(Code.INVALID_IMAGE, "body is not a JPEG, PNG or BMP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ScoringError(Code.IMAGE_TOO_LARGE, str(error)) from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -13,19 +13,26 @@ class ScorerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "scorer_requests", "Scoring requests by outcome code (OK or an error code)",
-            ["code"], registry=self.registry,
+            "scorer_requests",
+            "Scoring requests by outcome code (OK or an error code)",
+            ["code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "scorer_stage_seconds", "Time per stage: decode, inference, total",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "scorer_stage_seconds",
+            "Time per stage: decode, inference, total",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inflight = Gauge(
             "scorer_inflight_requests", "Requests being scored now", registry=self.registry
         )
         self.model = Gauge(
-            "scorer_model_info", "The model served and the execution provider really used",
-            ["name", "version", "kind", "provider"], registry=self.registry,
+            "scorer_model_info",
+            "The model served and the execution provider really used",
+            ["name", "version", "kind", "provider"],
+            registry=self.registry,
         )
 
     def observe(self, decode_s: float, inference_s: float, total_s: float) -> None:

@@ -1,7 +1,7 @@
 """Open a Custom Vision ONNX export: its kind from the graph, its preprocessing from metadata.
 
-`inspect_export` reads only files (no ONNX Runtime session), so the process can check a model
-and fail fast before it forks; `open_session` then builds the one session of a worker.
+`inspect_export` reads only files and never imports ONNX Runtime, so the gunicorn master can
+check a model and fail fast before it forks; `session.open_session` builds the worker's session.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto
 
-from . import decode, providers, upgrade
+from . import decode, upgrade
 from .imaging import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -135,8 +134,9 @@ def _model_files(directory: Path) -> tuple[Path, Path]:
     model_path, labels_path = directory / model_name, directory / labels_name
     for path in (model_path, labels_path):
         if not path.is_file():
-            raise ModelError(f"{path}: missing (a Custom Vision export has {model_name} and"
-                             f" {labels_name})")
+            raise ModelError(
+                f"{path}: missing (a Custom Vision export has {model_name} and {labels_name})"
+            )
     return model_path, labels_path
 
 
@@ -200,7 +200,11 @@ def _kind(model: onnx.ModelProto, path: Path) -> tuple[ModelKind, tuple[str, ...
 
 
 def _check_label_count(
-    model: onnx.ModelProto, kind: ModelKind, output: str, labels: tuple[str, ...], path: Path,
+    model: onnx.ModelProto,
+    kind: ModelKind,
+    output: str,
+    labels: tuple[str, ...],
+    path: Path,
     anchors: int,
 ) -> None:
     count = len(labels)
@@ -222,12 +226,16 @@ def _check_label_count(
     dims = next(_dims(o) for o in model.graph.output if o.name == output)
     if kind is ModelKind.CLASSIFICATION_TENSOR and isinstance(dims[1], int) and dims[1] != count:
         raise ModelError(f"{path}: model has {dims[1]} classes but labels.txt has {count}")
-    if kind is ModelKind.DETECTION_YOLO and isinstance(dims[1], int):
-        if dims[1] != anchors * (5 + count):
-            raise ModelError(
-                f"{path}: output has {dims[1]} channels; {anchors} anchors x (5 + {count} labels)"
-                f" need {anchors * (5 + count)}"
-            )
+    expected_channels = anchors * (5 + count)
+    if (
+        kind is ModelKind.DETECTION_YOLO
+        and dims[1] not in (expected_channels, "?")
+        and (isinstance(dims[1], int))
+    ):
+        raise ModelError(
+            f"{path}: output has {dims[1]} channels; {anchors} anchors x (5 + {count} labels)"
+            f" need {expected_channels}"
+        )
 
 
 def _floats(text: str, key: str, path: Path) -> tuple[float, ...]:
@@ -305,7 +313,9 @@ def _preprocessing(
     )
 
 
-def _yolo_options(metadata: Mapping[str, str], options: ModelOptions, path: Path) -> decode.YoloOptions:
+def _yolo_options(
+    metadata: Mapping[str, str], options: ModelOptions, path: Path
+) -> decode.YoloOptions:
     anchors = decode.DEFAULT_ANCHORS
     if _YOLO + "Biases" in metadata:
         biases = _floats(metadata[_YOLO + "Biases"], "Yolo.Biases", path)
@@ -366,7 +376,9 @@ def inspect_export(
     if len(shape) != 4 or shape[1] != 3:
         raise ModelError(f"{model_path}: input {image_input.name}{list(shape)} is not [N,3,H,W]")
     kind, outputs = _kind(model, model_path)
-    yolo = _yolo_options(metadata, options, model_path) if kind is ModelKind.DETECTION_YOLO else None
+    yolo = (
+        _yolo_options(metadata, options, model_path) if kind is ModelKind.DETECTION_YOLO else None
+    )
     _check_label_count(
         model, kind, outputs[0], labels, model_path, len(yolo.anchors) if yolo else 0
     )
@@ -385,54 +397,3 @@ def inspect_export(
         metadata=metadata,
         upgraded=upgraded,
     )
-
-
-class LoadedModel:
-    """One ONNX Runtime session around a `ModelSpec`; `predict` is safe from many threads."""
-
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
-        self.spec = spec
-        self.session = session
-        self.providers: tuple[str, ...] = tuple(session.get_providers())
-
-    def run(self, tensor: np.ndarray) -> list[Any]:
-        """Raw outputs, in `spec.output_names` order."""
-        return self.session.run(list(self.spec.output_names), {self.spec.input_name: tensor})
-
-    def decode(self, outputs: list[Any]) -> list[decode.Prediction]:
-        """Predictions from raw outputs, by export format."""
-        labels = self.spec.labels
-        kind = self.spec.kind
-        if kind is ModelKind.CLASSIFICATION_ZIPMAP:
-            return decode.classification(decode.zipmap_probabilities(outputs[0], labels), labels)
-        if kind is ModelKind.CLASSIFICATION_TENSOR:
-            return decode.classification(outputs[0], labels)
-        if kind is ModelKind.DETECTION_BOXES:
-            return decode.detected_boxes(*outputs, labels)
-        assert self.spec.yolo is not None
-        return decode.yolo(outputs[0], labels, self.spec.yolo)
-
-    def warm_up(self) -> None:
-        """One run on a blank image, so the first request does not pay for lazy init."""
-        width, height = self.spec.preprocessing.crop_size or self.spec.preprocessing.target_size
-        blank = np.zeros((1, 3, height, width), dtype=self.spec.preprocessing.dtype)
-        self.decode(self.run(blank))
-
-
-def open_session(
-    spec: ModelSpec,
-    provider_list: list[str | tuple[str, dict[str, Any]]],
-    log_level: int = logging.INFO,
-) -> LoadedModel:
-    """Create the session with the given providers, ONNX Runtime's logs through `logging`."""
-    options = ort.SessionOptions()
-    options.log_severity_level = providers.ort_severity(log_level)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        with providers.native_output_to_logging():
-            session = ort.InferenceSession(
-                str(spec.onnx_path), options, providers=provider_list
-            )
-    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise ModelError(f"{spec.onnx_path}: ONNX Runtime cannot load it ({error})") from None
-    return LoadedModel(spec, session)

@@ -28,6 +28,7 @@ GPU_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU = "CPUExecutionProvider"
 _SEVERITY = {"V": logging.DEBUG, "I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOAD_ERROR = re.compile(r"with error: (.*)")
 
 
 def ort_severity(level: int) -> int:
@@ -40,12 +41,14 @@ def ort_severity(level: int) -> int:
 
 
 @contextlib.contextmanager
-def native_output_to_logging(expected_failures: bool = False) -> Iterator[None]:
+def native_output_to_logging(expected_failures: bool = False) -> Iterator[list[str]]:
     """Capture what native code prints to fds 1 and 2 and forward it line by line to logging.
 
     With `expected_failures` (provider probing), errors are logged at DEBUG: a missing CUDA
     on a CPU machine is the normal case there and is summarised in one INFO line instead.
+    Yields a list that holds the captured lines once the block has ended.
     """
+    lines: list[str] = []
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -53,7 +56,7 @@ def native_output_to_logging(expected_failures: bool = False) -> Iterator[None]:
         os.dup2(capture.fileno(), 1)
         os.dup2(capture.fileno(), 2)
         try:
-            yield
+            yield lines
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -66,6 +69,7 @@ def native_output_to_logging(expected_failures: bool = False) -> Iterator[None]:
                 line = _ANSI.sub("", raw).strip()
                 if not line or set(line) <= {"*"}:
                     continue
+                lines.append(line)
                 match = re.search(r"\[([VIWEF]):onnxruntime", line)
                 level = _SEVERITY.get(match.group(1), logging.ERROR) if match else logging.INFO
                 if expected_failures:
@@ -81,7 +85,8 @@ def _probe_model() -> bytes:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return model.SerializeToString()
 
 
 def provider_works(name: str, options: dict[str, Any] | None = None) -> tuple[bool, str]:
@@ -93,14 +98,15 @@ def provider_works(name: str, options: dict[str, Any] | None = None) -> tuple[bo
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
     try:
-        with native_output_to_logging(expected_failures=True):
+        with native_output_to_logging(expected_failures=True) as lines:
             session = ort.InferenceSession(
                 _probe_model(), session_options, providers=[(name, options or {}), CPU]
             )
     except Exception as error:  # noqa: BLE001 - any native failure means "not usable"
         return False, str(error).splitlines()[0][:200]
     if name not in session.get_providers():
-        return False, "its libraries (CUDA, cuDNN or TensorRT) did not load"
+        reasons = [m.group(1) for m in map(_LOAD_ERROR.search, lines) if m]
+        return False, reasons[0] if reasons else "it did not initialise (no GPU or drivers)"
     return True, ""
 
 

@@ -102,7 +102,9 @@ def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
 class Settings:
     """Every knob of the scorer; `from_env` is the only way production builds one."""
 
-    model_dir: Path = _setting(Path("/models/current"), Path, "folder with model.onnx and labels.txt")
+    model_dir: Path = _setting(
+        Path("/models/current"), Path, "folder with model.onnx and labels.txt"
+    )
     model_name: str = _setting("", str, "name reported in results (default: the folder's name)")
     model_version: str = _setting("", str, "version reported (default: first 12 hex of SHA-256)")
     cache_dir: Path | None = _setting(None, Path, "writable folder for upgraded legacy models")
@@ -145,7 +147,7 @@ class Settings:
             raise SettingsError(f"{unknown[0]} is not a scorer setting (see .env.example)")
         values: dict[str, Any] = {}
         for name, field in known.items():
-            if name not in environ or environ[name] == "" and field.default is None:
+            if not environ.get(name):  # unset or empty (KEY= in an env file): the default
                 continue
             try:
                 values[field.name] = field.metadata["parse"](environ[name])

@@ -73,8 +73,10 @@ class _Rewriter:
         inferred = shape_inference.infer_shapes(probe, strict_mode=False)
         for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
             if info.name == name and info.type.tensor_type.HasField("shape"):
-                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in
-                        info.type.tensor_type.shape.dim]
+                dims = [
+                    d.dim_value if d.HasField("dim_value") else -1
+                    for d in info.type.tensor_type.shape.dim
+                ]
                 if dims:
                     return dims
         raise ValueError(f"cannot infer the shape of {name!r} to upgrade the legacy graph")
@@ -141,7 +143,7 @@ def legacy_padding_pads(
 ) -> tuple[list[int], list[int]]:
     """Head and tail padding of Caffe's pooling, whose output size rounds up, not down."""
     heads, tails = [], []
-    for size, k, s, p in zip(spatial, kernel, strides, pads):
+    for size, k, s, p in zip(spatial, kernel, strides, pads, strict=True):
         out = math.ceil((size + 2 * p - k) / s) + 1
         if p > 0 and (out - 1) * s >= size + p:
             out -= 1  # the last window must start inside the image or its head padding
@@ -267,4 +269,3 @@ def cached_upgrade(source: Path, digest: str, cache_dir: Path) -> Path:
         handle.write(upgraded.SerializeToString())
     os.replace(handle.name, target)  # atomic: a crash never leaves half a model behind
     return target
-

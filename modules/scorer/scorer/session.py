@@ -1,0 +1,65 @@
+"""The ONNX Runtime side of a model: one session per worker process, shared by all threads.
+
+Import this module only after gunicorn has forked: a process that imported onnxruntime and
+then forked aborts at exit in the child (std::system_error from ORT's static state).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from . import decode, providers
+from .model import ModelError, ModelKind, ModelSpec
+
+
+class LoadedModel:
+    """One ONNX Runtime session around a `ModelSpec`; `predict` is safe from many threads."""
+
+    def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
+        self.spec = spec
+        self.session = session
+        self.providers: tuple[str, ...] = tuple(session.get_providers())
+
+    def run(self, tensor: np.ndarray) -> list[Any]:
+        """Raw outputs, in `spec.output_names` order."""
+        return self.session.run(list(self.spec.output_names), {self.spec.input_name: tensor})
+
+    def decode(self, outputs: list[Any]) -> list[decode.Prediction]:
+        """Predictions from raw outputs, by export format."""
+        labels = self.spec.labels
+        kind = self.spec.kind
+        if kind is ModelKind.CLASSIFICATION_ZIPMAP:
+            return decode.classification(decode.zipmap_probabilities(outputs[0], labels), labels)
+        if kind is ModelKind.CLASSIFICATION_TENSOR:
+            return decode.classification(outputs[0], labels)
+        if kind is ModelKind.DETECTION_BOXES:
+            return decode.detected_boxes(*outputs, labels)
+        assert self.spec.yolo is not None
+        return decode.yolo(outputs[0], labels, self.spec.yolo)
+
+    def warm_up(self) -> None:
+        """One run on a blank image, so the first request does not pay for lazy init."""
+        width, height = self.spec.preprocessing.crop_size or self.spec.preprocessing.target_size
+        blank = np.zeros((1, 3, height, width), dtype=self.spec.preprocessing.dtype)
+        self.decode(self.run(blank))
+
+
+def open_session(
+    spec: ModelSpec,
+    provider_list: list[str | tuple[str, dict[str, Any]]],
+    log_level: int = logging.INFO,
+) -> LoadedModel:
+    """Create the session with the given providers, ONNX Runtime's logs through `logging`."""
+    options = ort.SessionOptions()
+    options.log_severity_level = providers.ort_severity(log_level)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        with providers.native_output_to_logging():
+            session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ModelError(f"{spec.onnx_path}: ONNX Runtime cannot load it ({error})") from None
+    return LoadedModel(spec, session)
