@@ -359,7 +359,7 @@ def inspect_export(
     if upgrade.needs_upgrade(model):
         try:
             onnx_path = upgrade.cached_upgrade(model_path, sha256, _cache_dir(directory, cache_dir))
-        except (ValueError, onnx.checker.ValidationError) as error:
+        except ValueError as error:
             raise ModelError(f"{model_path}: legacy export cannot be upgraded ({error})") from None
         except OSError as error:
             raise ModelError(f"{model_path}: cannot write the upgraded copy ({error})") from None

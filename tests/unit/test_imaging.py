@@ -1,0 +1,140 @@
+"""Image bytes -> tensor: formats, guards, orientation, colour order, range and resizing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scorer import imaging
+from scorer.errors import Code, ScoringError
+from scorer.imaging import DecodeLimits, Preprocessing
+
+LIMITS = DecodeLimits(max_pixels=10_000_000, jpeg_draft=False)
+
+
+def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _code(data: bytes, limits: DecodeLimits = LIMITS) -> Code:
+    with pytest.raises(ScoringError) as caught:
+        imaging.decode_image(data, limits)
+    return caught.value.code
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])
+def test_jpeg_png_and_bmp_are_accepted(fmt: str) -> None:
+    image = imaging.decode_image(_encode(Image.new("RGB", (8, 6), (200, 10, 10)), fmt), LIMITS)
+    assert image.size == (8, 6) and image.mode == "RGB"
+
+
+def test_gif_is_an_invalid_image() -> None:
+    assert _code(_encode(Image.new("RGB", (4, 4)), "GIF")) is Code.INVALID_IMAGE
+
+
+def test_random_bytes_are_an_invalid_image() -> None:
+    assert _code(b"not an image at all") is Code.INVALID_IMAGE
+
+
+def test_truncated_jpeg_is_invalid_image() -> None:
+    data = _encode(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG")
+    assert _code(data[: len(data) // 2]) is Code.INVALID_IMAGE
+
+
+def test_too_many_pixels_is_image_too_large_before_decoding() -> None:
+    data = _encode(Image.new("RGB", (4000, 3000)), "PNG")
+    with pytest.raises(ScoringError) as caught:
+        imaging.decode_image(data, DecodeLimits(max_pixels=1_000_000))
+    assert caught.value.code is Code.IMAGE_TOO_LARGE
+    assert "4000x3000" in caught.value.message
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))  # left half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image = imaging.decode_image(_encode(stored, "PNG", exif=exif), LIMITS)
+    assert image.size == (20, 40)
+    assert image.getpixel((10, 5))[0] > 200  # the red half is on top once upright
+
+
+def test_rgba_is_flattened_on_white_and_grayscale_becomes_rgb() -> None:
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert imaging.decode_image(_encode(rgba, "PNG"), LIMITS).getpixel((0, 0)) == (255, 255, 255)
+    gray = Image.new("L", (4, 4), 77)
+    assert imaging.decode_image(_encode(gray, "PNG"), LIMITS).getpixel((0, 0)) == (77, 77, 77)
+
+
+def test_palette_png_becomes_rgb() -> None:
+    palette = Image.new("RGB", (4, 4), (10, 200, 30)).convert("P")
+    assert imaging.decode_image(_encode(palette, "PNG"), LIMITS).mode == "RGB"
+
+
+def test_bgr_0_255_tensor() -> None:
+    prep = Preprocessing(target_size=(4, 2), bgr=True)
+    tensor = imaging.to_tensor(Image.new("RGB", (8, 4), (10, 20, 30)), prep)
+    assert tensor.shape == (1, 3, 2, 4) and tensor.dtype == np.float32
+    assert tensor[0, :, 0, 0].tolist() == [30, 20, 10]
+
+
+@pytest.mark.parametrize(
+    ("pixel_range", "expected"),
+    [("NominalRange_0_255", 255.0), ("Normalized_0_1", 1.0), ("Normalized_1_1", 1.0)],
+)
+def test_pixel_range(pixel_range: str, expected: float) -> None:
+    prep = Preprocessing(target_size=(2, 2), pixel_range=pixel_range)
+    tensor = imaging.to_tensor(Image.new("RGB", (2, 2), (255, 0, 0)), prep)
+    assert tensor[0, 0, 0, 0] == pytest.approx(expected)
+    assert tensor[0, 1, 0, 0] == pytest.approx(-1.0 if pixel_range == "Normalized_1_1" else 0.0)
+
+
+def test_mean_and_std_normalisation() -> None:
+    prep = Preprocessing(
+        target_size=(2, 2), pixel_range="Normalized_0_1", mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1)
+    )
+    tensor = imaging.to_tensor(Image.new("RGB", (2, 2), (255, 255, 255)), prep)
+    assert tensor[0, :, 0, 0].tolist() == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_fp16_tensor() -> None:
+    prep = Preprocessing(target_size=(3, 3), dtype=np.float16)
+    assert imaging.to_tensor(Image.new("RGB", (5, 5)), prep).dtype == np.float16
+
+
+def test_by_shorter_side_then_centre_crop() -> None:
+    prep = Preprocessing(
+        target_size=(256, 256), resize_method="ByShorterSide", crop_method="OneCropCenter",
+        crop_size=(224, 224),
+    )
+    assert imaging.resized_size(640, 480, prep) == (341, 256)
+    image = Image.new("RGB", (640, 480))
+    image.paste((255, 255, 255), (320 - 10, 240 - 10, 320 + 10, 240 + 10))
+    tensor = imaging.to_tensor(image, prep)
+    assert tensor.shape == (1, 3, 224, 224)
+    assert tensor[0, 0, 112, 112] == pytest.approx(255)  # the centre stays the centre
+
+
+def test_by_pixel_count_align32_keeps_aspect_and_area() -> None:
+    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    width, height = imaging.resized_size(1920, 1080, prep)
+    assert width % 32 == 0 and height % 32 == 0
+    assert width / height == pytest.approx(1920 / 1080, rel=0.05)
+    assert width * height == pytest.approx(512 * 512, rel=0.15)
+
+
+def test_jpeg_draft_decodes_large_images_at_reduced_scale() -> None:
+    data = _encode(Image.new("RGB", (3200, 2400), (30, 200, 40)), "JPEG")
+    drafted = imaging.decode_image(data, DecodeLimits(jpeg_draft=True), (448, 448))
+    full = imaging.decode_image(data, DecodeLimits(jpeg_draft=False), (448, 448))
+    assert full.size == (3200, 2400)
+    assert drafted.size == (800, 600)  # 1/4 scale still keeps twice the model's size
+
+
+def test_draft_size_is_twice_the_model_input() -> None:
+    assert Preprocessing(target_size=(224, 224)).draft_size() == (448, 448)
