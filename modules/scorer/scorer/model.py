@@ -238,6 +238,17 @@ def _check_label_count(
         )
 
 
+def _documented_format(image_input: onnx.ValueInfoProto) -> str | None:
+    """Colour order stated in the input's doc string, as the 2018 WinMLTools exports wrote it
+    ("Image(s) in BGR format") when their metadata had no Image.BitmapPixelFormat."""
+    doc = image_input.doc_string.upper()
+    if "BGR FORMAT" in doc:
+        return "Bgr8"
+    if "RGB FORMAT" in doc:
+        return "Rgb8"
+    return None
+
+
 def _floats(text: str, key: str, path: Path) -> tuple[float, ...]:
     try:
         values = json.loads(text if text.strip().startswith("[") else f"[{text}]")
@@ -262,6 +273,7 @@ def _preprocessing(
     dtype: type,
     options: ModelOptions,
     path: Path,
+    input_doc_format: str | None = None,
 ) -> Preprocessing:
     fixed = isinstance(input_shape[2], int) and isinstance(input_shape[3], int)
     model_size = (int(input_shape[3]), int(input_shape[2])) if fixed else None
@@ -288,7 +300,7 @@ def _preprocessing(
         )
     pixel_format = options.pixel_format
     if pixel_format == "auto":
-        pixel_format = metadata.get("Image.BitmapPixelFormat", "Rgb8")
+        pixel_format = metadata.get("Image.BitmapPixelFormat", input_doc_format or "Rgb8")
     pixel_range = options.pixel_range
     if pixel_range == "auto":
         pixel_range = metadata.get("Image.NominalPixelRange", "NominalRange_0_255")
@@ -392,7 +404,9 @@ def inspect_export(
         input_name=image_input.name,
         input_shape=shape,
         output_names=outputs,
-        preprocessing=_preprocessing(metadata, shape, dtype, options, model_path),
+        preprocessing=_preprocessing(
+            metadata, shape, dtype, options, model_path, _documented_format(image_input)
+        ),
         yolo=yolo,
         metadata=metadata,
         upgraded=upgraded,

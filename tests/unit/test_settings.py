@@ -1,0 +1,70 @@
+"""Settings: defaults, validation with one clear line, and `.env.example` documenting them all."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from scorer.settings import Settings, SettingsError
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
+
+
+def test_defaults_serve_http_8080_and_grpc_50051_with_auto_providers() -> None:
+    settings = Settings.from_env({})
+    assert (settings.http_port, settings.grpc_port) == (8080, 50051)
+    assert settings.providers == ("auto",)
+    assert settings.url_enabled is False
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {"SCORER_HTTP_PORT": "0", "SCORER_PROVIDERS": "cuda, cpu", "SCORER_JPEG_DRAFT": "false",
+         "SCORER_MODEL_DIR": "/models/x", "SCORER_URL_ENABLED": "yes",
+         "SCORER_URL_ALLOWED_HOSTS": "Cams.Local, 10.0.0.5"}
+    )
+    assert settings.http_port == 0
+    assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert settings.jpeg_draft is False
+    assert settings.model_dir == Path("/models/x")
+    assert settings.url_allowed_hosts == ("cams.local", "10.0.0.5")
+
+
+def test_empty_value_means_default() -> None:
+    assert Settings.from_env({"SCORER_THREADS": ""}).threads == Settings().threads
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SCORER_HTTP_PORT", "80a", "SCORER_HTTP_PORT='80a'"),
+        ("SCORER_HTTP_PORT", "70000", "port number"),
+        ("SCORER_THREADS", "0", "above 0"),
+        ("SCORER_DEFAULT_THRESHOLD", "1.5", "from 0 to 1"),
+        ("SCORER_PROVIDERS", "gpu", "auto"),
+        ("SCORER_JPEG_DRAFT", "maybe", "true or false"),
+        ("SCORER_YOLO_NMS", "everywhere", "per_class"),
+        ("SCORER_LOG_LEVEL", "LOUD", "DEBUG"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value)
+
+
+def test_unknown_scorer_variable_is_refused() -> None:
+    with pytest.raises(SettingsError, match="SCORER_THREAD is not a scorer setting"):
+        Settings.from_env({"SCORER_THREAD": "4"})
+
+
+def test_url_fetching_needs_an_allow_list() -> None:
+    with pytest.raises(SettingsError, match="SCORER_URL_ALLOWED_HOSTS"):
+        Settings.from_env({"SCORER_URL_ENABLED": "true"})
+
+
+def test_env_example_documents_every_setting() -> None:
+    documented = set(re.findall(r"^#?\s*(SCORER_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    assert {name for name, _, _ in Settings.documented()} <= documented
