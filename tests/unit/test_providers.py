@@ -1,0 +1,79 @@
+"""Provider choice: what really initialises, what the operator insisted on, quiet native logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from scorer import providers
+from scorer.model import inspect_export
+from scorer.session import open_session
+
+CUDA_WORKS = providers.provider_works("CUDAExecutionProvider")[0]
+
+
+def test_native_output_is_captured_into_logging(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, "onnxruntime"), providers.native_output_to_logging() as lines:
+        os.write(2, b"\x1b[1;31m2026-01-01 [E:onnxruntime:Default, x.cc:1] boom\x1b[m\n")
+        os.write(1, b"plain native line\n")
+    assert any("boom" in line for line in lines)
+    errors = [r for r in caplog.records if r.name == "onnxruntime" and "boom" in r.message]
+    assert errors and errors[0].levelno == logging.ERROR
+    assert "\x1b" not in errors[0].message
+
+
+def test_expected_failures_while_probing_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, "onnxruntime"), providers.native_output_to_logging(True):
+        os.write(2, b"[E:onnxruntime:Default] libcublas.so.13: cannot open shared object file\n")
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "onnxruntime")
+
+
+def test_auto_always_ends_with_cpu_and_only_keeps_gpu_providers_that_work() -> None:
+    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    names = [c if isinstance(c, str) else c[0] for c in chosen]
+    assert names[-1] == "CPUExecutionProvider"
+    assert ("CUDAExecutionProvider" in names) == CUDA_WORKS
+
+
+@pytest.mark.skipif(CUDA_WORKS, reason="CUDA works here, so insisting on it cannot fail")
+def test_insisting_on_a_provider_that_does_not_initialise_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider was requested but"):
+        providers.resolve(("CUDAExecutionProvider", "CPUExecutionProvider"), {})
+
+
+def test_a_provider_missing_from_the_build_is_reported_as_such() -> None:
+    works, why = providers.provider_works("NoSuchExecutionProvider")
+    assert not works and "not in this onnxruntime build" in why
+
+
+def test_tensorrt_engine_cache_goes_where_configured(tmp_path: Path) -> None:
+    options = providers.tensorrt_options(False, tmp_path)
+    assert options["trt_engine_cache_enable"] is True
+    assert options["trt_engine_cache_path"] == str(tmp_path)
+    assert options["trt_fp16_enable"] is False
+
+
+def test_auto_on_this_machine_loads_a_session_quietly(
+    demo_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With onnxruntime-gpu on a CPU-only machine nothing native reaches the terminal."""
+    capfd.readouterr()  # drop what fixtures printed
+    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
+    model.warm_up()
+    out, err = capfd.readouterr()
+    assert "onnxruntime" not in out + err and "EP Error" not in out + err
+    assert model.providers[-1] == "CPUExecutionProvider"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_WORKS, reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_auto_runs_on_cuda_when_there_is_a_gpu(demo_dir: Path) -> None:
+    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
+    assert model.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    assert "CUDAExecutionProvider" in ort.get_available_providers()
