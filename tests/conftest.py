@@ -6,9 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import make_demo_models
+import pytest
 from scorer.core import Scorer, ScorerConfig
 from scorer.model import ModelOptions, inspect_export
 
@@ -57,8 +56,8 @@ def make_scorer(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Score
 
     cache = tmp_path_factory.mktemp("model-cache")
 
-    def build(model_dir: Path, options: ModelOptions = ModelOptions(), **config) -> Scorer:
-        spec = inspect_export(model_dir, options, cache)
+    def build(model_dir: Path, options: ModelOptions | None = None, **config) -> Scorer:
+        spec = inspect_export(model_dir, options or ModelOptions(), cache)
         scorer = Scorer(spec, ScorerConfig(model_dir.name, "test", **config))
         scorer.load(lambda s: open_session(s, ["CPUExecutionProvider"]))
         return scorer

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from scorer.core import Code, ScoreOptions, Scorer, ScorerConfig, ScoringError
 from scorer.model import inspect_export
 
@@ -25,7 +24,14 @@ def test_result_has_the_container_shape_plus_model_timing_provider(
 ) -> None:
     body = colors.score(_image(demo_dir, "green.jpg")).to_dict()
     assert set(body) == {
-        "id", "project", "iteration", "created", "predictions", "model", "timing", "provider"
+        "id",
+        "project",
+        "iteration",
+        "created",
+        "predictions",
+        "model",
+        "timing",
+        "provider",
     }
     assert body["predictions"][0]["tagName"] == "green"
     assert set(body["predictions"][0]) == {"probability", "tagId", "tagName"}
@@ -52,8 +58,8 @@ def test_configured_defaults_apply_when_the_request_says_nothing(
 
 
 @pytest.mark.parametrize(
-    "options", [ScoreOptions(threshold=1.5), ScoreOptions(threshold=-0.1),
-                ScoreOptions(max_predictions=-1)]
+    "options",
+    [ScoreOptions(threshold=1.5), ScoreOptions(threshold=-0.1), ScoreOptions(max_predictions=-1)],
 )
 def test_out_of_range_options_are_invalid_argument(
     colors: Scorer, demo_dir: Path, options: ScoreOptions

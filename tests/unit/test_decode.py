@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from scorer import decode
 from scorer.decode import LabelMismatch, YoloOptions
 
@@ -16,7 +15,11 @@ LABELS = ("cat", "dog", "Negative")
 
 def test_classification_sorts_by_probability_and_keeps_tag_ids() -> None:
     predictions = decode.classification(np.array([[0.2, 0.7, 0.1]], np.float32), LABELS)
-    assert [(p.tag_name, p.tag_id) for p in predictions] == [("dog", 1), ("cat", 0), ("Negative", 2)]
+    assert [(p.tag_name, p.tag_id) for p in predictions] == [
+        ("dog", 1),
+        ("cat", 0),
+        ("Negative", 2),
+    ]
     assert predictions[0].probability == pytest.approx(0.7)
     assert all(p.box is None for p in predictions)
 
@@ -43,7 +46,7 @@ def test_zipmap_bare_map_of_winml_exports() -> None:
 
 
 def test_zipmap_with_other_tags_than_labels_is_a_mismatch() -> None:
-    with pytest.raises(LabelMismatch, match="differ from labels.txt"):
+    with pytest.raises(LabelMismatch, match=r"differ from labels\.txt"):
         decode.zipmap_probabilities([{"cat": 0.5, "bird": 0.5, "dog": 0.0}], LABELS)
 
 

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from scorer import imaging
 from scorer.errors import Code, ScoringError
 from scorer.imaging import DecodeLimits, Preprocessing
@@ -109,7 +108,9 @@ def test_fp16_tensor() -> None:
 
 def test_by_shorter_side_then_centre_crop() -> None:
     prep = Preprocessing(
-        target_size=(256, 256), resize_method="ByShorterSide", crop_method="OneCropCenter",
+        target_size=(256, 256),
+        resize_method="ByShorterSide",
+        crop_method="OneCropCenter",
         crop_size=(224, 224),
     )
     assert imaging.resized_size(640, 480, prep) == (341, 256)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-
 from scorer import providers
 from scorer.model import inspect_export
 from scorer.session import open_session
@@ -17,7 +16,10 @@ CUDA_WORKS = providers.provider_works("CUDAExecutionProvider")[0]
 
 
 def test_native_output_is_captured_into_logging(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, "onnxruntime"), providers.native_output_to_logging() as lines:
+    with (
+        caplog.at_level(logging.DEBUG, "onnxruntime"),
+        providers.native_output_to_logging() as lines,
+    ):
         os.write(2, b"\x1b[1;31m2026-01-01 [E:onnxruntime:Default, x.cc:1] boom\x1b[m\n")
         os.write(1, b"plain native line\n")
     assert any("boom" in line for line in lines)

@@ -15,10 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image, ImageOps
-
 from scorer.core import Scorer
 from scorer.model import ModelKind, inspect_export
-from tests.conftest import SHARED_IMAGES, SHARED_MODELS, require_shared, shared_model_dirs
+
+from tests.conftest import SHARED_MODELS, require_shared, shared_model_dirs
 
 TOLERANCE = 1e-4  # same pixels, same session: only float summation order may differ
 PHOTOS = ("chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg")
@@ -47,8 +47,10 @@ def test_shared_models_folder_holds_exports() -> None:
     assert len(shared_model_dirs()) >= 3
 
 
-@pytest.mark.parametrize("folder", ["cv-cls-catdog-negative-opset7", "cv-cls-hemlock-cherry-opset7",
-                                    "cv-cls-food-winml-opset1"])
+@pytest.mark.parametrize(
+    "folder",
+    ["cv-cls-catdog-negative-opset7", "cv-cls-hemlock-cherry-opset7", "cv-cls-food-winml-opset1"],
+)
 def test_real_export_kind_is_zipmap_classification(folder: str, tmp_path: Path) -> None:
     spec = inspect_export(require_shared(SHARED_MODELS / folder), cache_dir=tmp_path)
     assert spec.kind is ModelKind.CLASSIFICATION_ZIPMAP
@@ -66,14 +68,21 @@ def test_predictions_match_the_reference_processing(
     labels = list(scorer.spec.labels)
     for photo in PHOTOS:
         expected = reference_probabilities(session, shared_images / photo, labels)
-        got = {p.tag_name: p.probability for p in scorer.score((shared_images / photo).read_bytes()).predictions}
+        got = {
+            p.tag_name: p.probability
+            for p in scorer.score((shared_images / photo).read_bytes()).predictions
+        }
         assert got == pytest.approx(expected, abs=TOLERANCE), photo
 
 
 def test_catdog_known_answers(shared_images: Path, make_scorer: Callable[..., Scorer]) -> None:
     scorer = make_scorer(require_shared(CATDOG))
-    answers = {"chelsea.jpg": "cat", "coffee.jpg": "Negative", "rocket.jpg": "Negative",
-               "astronaut.jpg": "Negative"}
+    answers = {
+        "chelsea.jpg": "cat",
+        "coffee.jpg": "Negative",
+        "rocket.jpg": "Negative",
+        "astronaut.jpg": "Negative",
+    }
     for photo, label in answers.items():
         best = scorer.score((shared_images / photo).read_bytes()).predictions[0]
         assert (best.tag_name, best.probability > 0.99) == (label, True), photo
@@ -84,7 +93,9 @@ def test_exif_rotated_photo_scores_like_its_upright_twin(
 ) -> None:
     scorer = make_scorer(require_shared(CATDOG))
     upright = scorer.score((shared_images / "chelsea.jpg").read_bytes()).predictions
-    rotated = scorer.score((shared_images / "chelsea-exif-orientation-6.jpg").read_bytes()).predictions
+    rotated = scorer.score(
+        (shared_images / "chelsea-exif-orientation-6.jpg").read_bytes()
+    ).predictions
     assert rotated[0].tag_name == upright[0].tag_name == "cat"
     assert {p.tag_name: p.probability for p in rotated} == pytest.approx(
         {p.tag_name: p.probability for p in upright}, abs=0.01

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from scorer.settings import Settings, SettingsError
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
@@ -21,9 +20,14 @@ def test_defaults_serve_http_8080_and_grpc_50051_with_auto_providers() -> None:
 
 def test_values_are_parsed() -> None:
     settings = Settings.from_env(
-        {"SCORER_HTTP_PORT": "0", "SCORER_PROVIDERS": "cuda, cpu", "SCORER_JPEG_DRAFT": "false",
-         "SCORER_MODEL_DIR": "/models/x", "SCORER_URL_ENABLED": "yes",
-         "SCORER_URL_ALLOWED_HOSTS": "Cams.Local, 10.0.0.5"}
+        {
+            "SCORER_HTTP_PORT": "0",
+            "SCORER_PROVIDERS": "cuda, cpu",
+            "SCORER_JPEG_DRAFT": "false",
+            "SCORER_MODEL_DIR": "/models/x",
+            "SCORER_URL_ENABLED": "yes",
+            "SCORER_URL_ALLOWED_HOSTS": "Cams.Local, 10.0.0.5",
+        }
     )
     assert settings.http_port == 0
     assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")

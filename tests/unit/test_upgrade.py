@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from scorer import upgrade
 
 RNG = np.random.default_rng(7)
@@ -21,7 +20,9 @@ def _legacy_model(
 ) -> onnx.ModelProto:
     """An opset-1 model as WinMLTools wrote them: initializers also listed as inputs."""
     initializers = initializers or {}
-    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()]
+    graph_inputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()
+    ]
     graph_inputs += [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, list(v.shape))
         for n, v in initializers.items()
@@ -67,9 +68,7 @@ def test_fc_is_flatten_then_matmul_with_transposed_weights_plus_bias() -> None:
     np.testing.assert_allclose(got, x.reshape(2, 8) @ weights.T + bias, rtol=1e-5, atol=1e-6)
 
 
-def _caffe_max_pool_reference(
-    x: np.ndarray, kernel: int, stride: int, pad: int
-) -> np.ndarray:
+def _caffe_max_pool_reference(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndarray:
     """Caffe's MAX pooling: output size rounded up, windows clipped to the padded image."""
     _, _, height, width = x.shape
     out_h = -(-(height + 2 * pad - kernel) // stride) + 1
@@ -78,7 +77,7 @@ def _caffe_max_pool_reference(
         out_h -= 1
     if pad and (out_w - 1) * stride >= width + pad:
         out_w -= 1
-    out = np.empty(x.shape[:2] + (out_h, out_w), np.float32)
+    out = np.empty((*x.shape[:2], out_h, out_w), np.float32)
     for i in range(out_h):
         for j in range(out_w):
             top, left = max(i * stride - pad, 0), max(j * stride - pad, 0)
@@ -98,13 +97,22 @@ def test_legacy_padding_then_valid_pool_matches_caffe_ceil_pooling(
     x = RNG.normal(size=(1, 2, size, size + 1)).astype(np.float32)
     nodes = [
         helper.make_node(
-            "LegacyPadding", ["x"], ["padded"], domain="com.microsoft",
-            kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad, pad],
+            "LegacyPadding",
+            ["x"],
+            ["padded"],
+            domain="com.microsoft",
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            pads=[pad, pad],
             value=-3.4028234663852886e38,
         ),
         helper.make_node(
-            "MaxPool", ["padded"], ["y"], kernel_shape=[kernel, kernel],
-            strides=[stride, stride], auto_pad="VALID",
+            "MaxPool",
+            ["padded"],
+            ["y"],
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            auto_pad="VALID",
         ),
     ]
     got = _run_upgraded(_legacy_model(nodes, {"x": [1, 2, size, size + 1]}, "y"), {"x": x})
@@ -121,8 +129,14 @@ def test_opset1_batch_normalization_drops_obsolete_attributes() -> None:
     scale, bias = RNG.uniform(0.5, 2, 3), RNG.normal(size=3)
     mean, var = RNG.normal(size=3), RNG.uniform(0.5, 2, 3)
     node = helper.make_node(
-        "BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-5, is_test=1,
-        spatial=1, momentum=0.9, consumed_inputs=[0, 0, 0, 1, 1],
+        "BatchNormalization",
+        ["x", "s", "b", "m", "v"],
+        ["y"],
+        epsilon=1e-5,
+        is_test=1,
+        spatial=1,
+        momentum=0.9,
+        consumed_inputs=[0, 0, 0, 1, 1],
     )
     model = _legacy_model(
         [node], {"x": [1, 3, 4, 4]}, "y", {"s": scale, "b": bias, "m": mean, "v": var}

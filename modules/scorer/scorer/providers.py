@@ -9,6 +9,7 @@ create sessions those lines are captured at the file-descriptor level and re-emi
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -49,6 +50,7 @@ def native_output_to_logging(expected_failures: bool = False) -> Iterator[list[s
     Yields a list that holds the captured lines once the block has ended.
     """
     lines: list[str] = []
+    python_output = io.StringIO()  # onnxruntime's Python layer print()s its fallback notes
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -56,7 +58,11 @@ def native_output_to_logging(expected_failures: bool = False) -> Iterator[list[s
         os.dup2(capture.fileno(), 1)
         os.dup2(capture.fileno(), 2)
         try:
-            yield lines
+            with (
+                contextlib.redirect_stdout(python_output),
+                contextlib.redirect_stderr(python_output),
+            ):
+                yield lines
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -65,7 +71,8 @@ def native_output_to_logging(expected_failures: bool = False) -> Iterator[list[s
             for fd in saved:
                 os.close(fd)
             capture.seek(0)
-            for raw in capture.read().decode("utf-8", "replace").splitlines():
+            text = python_output.getvalue() + capture.read().decode("utf-8", "replace")
+            for raw in text.splitlines():
                 line = _ANSI.sub("", raw).strip()
                 if not line or set(line) <= {"*"}:
                     continue

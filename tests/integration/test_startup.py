@@ -1,0 +1,73 @@
+"""A bad setting or a bad export stops the start with one clear line, before serving."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scorer.providers import provider_works
+
+from tests.conftest import REPO
+from tests.integration.conftest import scorer_env
+
+
+def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scorer"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _critical_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if "cannot start" in line]
+
+
+def test_bad_setting_stops_with_one_line(demo_dir: Path, tmp_path: Path) -> None:
+    env = scorer_env(demo_dir / "models" / "colors", tmp_path, HTTP_PORT="eighty")
+    result = _start(env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "scorer: cannot start: SCORER_HTTP_PORT='eighty': invalid literal for int() with base"
+        " 10: 'eighty'"
+    )
+
+
+def test_missing_labels_stops_with_one_line_naming_the_file(demo_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(demo_dir / "models" / "colors" / "model.onnx", folder)
+    result = _start(scorer_env(folder, tmp_path))
+    assert result.returncode == 2
+    lines = _critical_lines(result)
+    assert len(lines) == 1 and str(folder / "labels.txt") in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_label_count_mismatch_stops_the_start(demo_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(demo_dir / "models" / "colors", folder)
+    (folder / "labels.txt").write_text("only-one\n")
+    result = _start(scorer_env(folder, tmp_path))
+    assert result.returncode == 2
+    assert "3 classes but labels.txt has 1" in _critical_lines(result)[0]
+
+
+@pytest.mark.skipif(
+    provider_works("TensorrtExecutionProvider")[0], reason="TensorRT works here; nothing to refuse"
+)
+def test_insisting_on_an_unavailable_provider_stops_gunicorn(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    env = scorer_env(demo_dir / "models" / "colors", tmp_path, PROVIDERS="tensorrt")
+    result = _start(env)
+    assert result.returncode != 0
+    lines = _critical_lines(result)
+    assert lines and "TensorrtExecutionProvider was requested" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
