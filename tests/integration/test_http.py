@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import SHARED_IMAGES, SHARED_MODELS, require_shared
-from tests.integration.conftest import ScorerProcess, scorer_env
+from tests.scorer_process import ScorerProcess, scorer_env
 
 MAX_BODY = 1_000_000
 MAX_PIXELS = 2_000_000

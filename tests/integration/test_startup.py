@@ -11,7 +11,7 @@ import pytest
 from scorer.providers import provider_works
 
 from tests.conftest import REPO
-from tests.integration.conftest import scorer_env
+from tests.scorer_process import scorer_env
 
 
 def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
