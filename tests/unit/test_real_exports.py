@@ -58,20 +58,36 @@ def test_real_export_kind_is_zipmap_classification(folder: str, tmp_path: Path) 
     assert spec.preprocessing.bgr and spec.preprocessing.pixel_range == "NominalRange_0_255"
 
 
+def _generated_images(folder: Path) -> list[Path]:
+    """Synthetic inputs beside the photos: noise, a gradient, grayscale, RGBA, odd sizes."""
+    rng = np.random.default_rng(11)
+    noise = Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))
+    gradient = Image.fromarray(
+        np.dstack([np.tile(np.linspace(0, 255, 640, dtype=np.uint8), (120, 1))] * 3)
+    )
+    gray = Image.fromarray(rng.integers(0, 256, (227, 227), dtype=np.uint8), "L")
+    images = {"noise.jpg": noise, "gradient.png": gradient, "gray.bmp": gray}
+    paths = []
+    for name, image in images.items():
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
 def test_predictions_match_the_reference_processing(
-    loadable_export: Path, shared_images: Path, make_scorer: Callable[..., Scorer]
+    loadable_export: Path,
+    shared_images: Path,
+    make_scorer: Callable[..., Scorer],
+    tmp_path: Path,
 ) -> None:
     scorer = make_scorer(loadable_export)
     session = ort.InferenceSession(
         str(loadable_export / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     labels = list(scorer.spec.labels)
-    for photo in PHOTOS:
-        expected = reference_probabilities(session, shared_images / photo, labels)
-        got = {
-            p.tag_name: p.probability
-            for p in scorer.score((shared_images / photo).read_bytes()).predictions
-        }
+    for photo in [shared_images / p for p in PHOTOS] + _generated_images(tmp_path):
+        expected = reference_probabilities(session, photo, labels)
+        got = {p.tag_name: p.probability for p in scorer.score(photo.read_bytes()).predictions}
         assert got == pytest.approx(expected, abs=TOLERANCE), photo
 
 
