@@ -41,6 +41,19 @@ def _metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def _stretch_rgb_metadata(size: int, pixel_range: str) -> dict[str, str]:
+    """The metadata keys newer exports carry, for an RGB input stretched to `size`."""
+    return {
+        "CustomVision.Metadata.Version": "1.2",
+        "CustomVision.Preprocess.ResizeMethod": "Stretch",
+        "CustomVision.Preprocess.TargetWidth": str(size),
+        "CustomVision.Preprocess.TargetHeight": str(size),
+        "CustomVision.Preprocess.CropMethod": "NoCrop",
+        "Image.BitmapPixelFormat": "Rgb8",
+        "Image.NominalPixelRange": pixel_range,
+    }
+
+
 def _finish(graph: onnx.GraphProto, props: dict[str, str]) -> onnx.ModelProto:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scorer-demo"
@@ -75,15 +88,9 @@ def classification_model(fp16: bool) -> onnx.ModelProto:
     return _finish(
         graph,
         {
-            "CustomVision.Metadata.Version": "1.2",
-            "CustomVision.Preprocess.ResizeMethod": "Stretch",
-            "CustomVision.Preprocess.TargetWidth": str(size),
-            "CustomVision.Preprocess.TargetHeight": str(size),
-            "CustomVision.Preprocess.CropMethod": "NoCrop",
+            **_stretch_rgb_metadata(size, "Normalized_0_1"),
             "CustomVision.Preprocess.NormalizeMean": "[0.0, 0.0, 0.0]",
             "CustomVision.Preprocess.NormalizeStd": "[1.0, 1.0, 1.0]",
-            "Image.BitmapPixelFormat": "Rgb8",
-            "Image.NominalPixelRange": "Normalized_0_1",
         },
     )
 
@@ -171,18 +178,7 @@ def detection_model() -> onnx.ModelProto:
         ],
         inits,
     )
-    return _finish(
-        graph,
-        {
-            "CustomVision.Metadata.Version": "1.2",
-            "CustomVision.Preprocess.ResizeMethod": "Stretch",
-            "CustomVision.Preprocess.TargetWidth": str(size),
-            "CustomVision.Preprocess.TargetHeight": str(size),
-            "CustomVision.Preprocess.CropMethod": "NoCrop",
-            "Image.BitmapPixelFormat": "Rgb8",
-            "Image.NominalPixelRange": "NominalRange_0_255",
-        },
-    )
+    return _finish(graph, _stretch_rgb_metadata(size, "NominalRange_0_255"))
 
 
 def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
