@@ -17,6 +17,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 
 LISTENING = re.compile(r"HTTP listening on http://127\.0\.0\.1:(\d+)")
+GRPC_LISTENING = re.compile(r"gRPC listening on 127\.0\.0\.1:(\d+)")
 
 
 class ScorerProcess:
@@ -25,6 +26,8 @@ class ScorerProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.port: int | None = None
+        self.grpc_port: int | None = None
+        self._grpc_listening = threading.Event()
         self._listening = threading.Event()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scorer"],
@@ -44,18 +47,31 @@ class ScorerProcess:
             if match:
                 self.port = int(match.group(1))
                 self._listening.set()
+            match = GRPC_LISTENING.search(line)
+            if match:
+                self.grpc_port = int(match.group(1))
+                self._grpc_listening.set()
         self._listening.set()
+        self._grpc_listening.set()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
     def log(self) -> str:
         return "\n".join(self.lines)
 
     def wait_listening(self, timeout: float = 30) -> None:
-        if not self._listening.wait(timeout) or self.port is None:
+        """Both front ends accept connections (the model may still be loading)."""
+        deadline = time.monotonic() + timeout
+        for event in (self._listening, self._grpc_listening):
+            event.wait(max(0.0, deadline - time.monotonic()))
+        if self.port is None or self.grpc_port is None:
             raise AssertionError(f"scorer did not start listening:\n{self.log}")
 
     def wait_ready(self, timeout: float = 60) -> None:

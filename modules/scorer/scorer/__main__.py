@@ -1,8 +1,9 @@
-"""`python -m scorer`: check settings and model, then serve with gunicorn in this process.
+"""`python -m scorer`: check settings and model, then serve HTTP and gRPC from one process.
 
 The model is inspected (files only) before gunicorn forks, so a bad export stops the start
-with one line; the ONNX Runtime session is created in the worker after the fork, once, and
-shared by all its threads.
+with one line. gunicorn's one worker then creates the ONNX Runtime session (once, after the
+fork) and starts the gRPC server beside its HTTP threads, so both front ends share one
+`Scorer`, one session and one in-flight budget.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
 
 from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
@@ -72,12 +74,47 @@ def load_model(scorer: Scorer, settings: Settings) -> None:
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+def start_grpc(scorer: Scorer, settings: Settings) -> Any:
+    """Start the gRPC server on the worker's scorer; a port it cannot bind ends the worker."""
+    # Imported after the fork, like onnxruntime: gRPC's core must not run in the master.
+    from .rpc import create_server
+
+    try:
+        server, port = create_server(
+            scorer, f"{settings.host}:{settings.grpc_port}", settings.grpc_threads
+        )
+    except RuntimeError as error:
+        log.critical("cannot start: %s", error)
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+    server.start()
+    log.info("gRPC listening on %s:%d", settings.host, port)
+    return server
+
+
+class ScorerWorker(ThreadWorker):
+    """gunicorn's threaded worker, which also stops the gRPC server gracefully on SIGTERM."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        grpc_server = getattr(self.app, "grpc_server", None)
+        if grpc_server is not None:
+            # Refuse new calls now; in-flight ones get the grace period to finish.
+            self.grpc_stopped = grpc_server.stop(self.cfg.graceful_timeout)
+        super().handle_exit(sig, frame)
+
+    def run(self) -> None:
+        super().run()
+        stopped = getattr(self, "grpc_stopped", None)
+        if stopped is not None:
+            stopped.wait(self.cfg.graceful_timeout)
+
+
 class ScorerServer(BaseApplication):
     """gunicorn, configured from `Settings`, with one worker that owns the model."""
 
     def __init__(self, settings: Settings, spec: ModelSpec) -> None:
         self.settings = settings
         self.spec = spec
+        self.grpc_server: Any = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -85,7 +122,7 @@ class ScorerServer(BaseApplication):
         config: dict[str, Any] = {
             "bind": [f"{s.host}:{s.http_port}"],
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": ScorerWorker,
             "threads": s.threads,
             "graceful_timeout": math.ceil(s.graceful_timeout_s),
             "timeout": 120,
@@ -110,6 +147,7 @@ class ScorerServer(BaseApplication):
         threading.Thread(
             target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
         ).start()
+        self.grpc_server = start_grpc(scorer, self.settings)
         policy = None
         if self.settings.url_enabled:
             policy = FetchPolicy(

@@ -111,6 +111,8 @@ class Scorer:
         self.config = config
         self.metrics = ScorerMetrics()
         self._model: LoadedModel | None = None
+        self._ready_listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_inflight)
         self._draft_size = spec.preprocessing.draft_size()
 
@@ -139,7 +141,19 @@ class Scorer:
             self.spec.kind.task,
             model.providers[0],
         ).set(1)
-        self._model = model
+        with self._lock:
+            self._model = model
+            listeners, self._ready_listeners = self._ready_listeners, []
+        for listener in listeners:
+            listener()
+
+    def when_ready(self, listener: Callable[[], None]) -> None:
+        """Call `listener` once the model is warm (at once if it already is)."""
+        with self._lock:
+            if self._model is None:
+                self._ready_listeners.append(listener)
+                return
+        listener()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -176,7 +190,7 @@ class Scorer:
             "format": self.spec.kind.description,
             "labels": list(self.spec.labels),
             "inputName": self.spec.input_name,
-            "inputShape": [d if isinstance(d, int) else str(d) for d in self.spec.input_shape],
+            "inputShape": [d if isinstance(d, int) else -1 for d in self.spec.input_shape],
             "inputType": "float16" if prep.dtype.__name__ == "float16" else "float32",
             "providers": list(self.providers),
             "sha256": self.spec.sha256,

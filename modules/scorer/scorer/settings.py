@@ -112,6 +112,7 @@ class Settings:
     http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
     grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")
     threads: int = _setting(16, _positive_int, "HTTP worker threads (keep >= max_inflight)")
+    grpc_threads: int = _setting(16, _positive_int, "concurrent gRPC calls (a stream holds one)")
     max_inflight: int = _setting(16, _positive_int, "requests scored at once before 429")
     max_body_bytes: int = _setting(8 * 1024 * 1024, _positive_int, "largest request body")
     max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")

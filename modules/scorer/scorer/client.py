@@ -1,0 +1,266 @@
+"""Score images with a running scorer over HTTP or gRPC, and print the predictions.
+
+    python -m scorer.client photo.jpg more/*.jpg                    # HTTP, localhost:8080
+    python -m scorer.client --grpc localhost:50051 --stream *.jpg   # one gRPC stream
+    python -m scorer.client --json --threshold 0.5 photo.jpg
+
+Both clients return results as the HTTP JSON (dicts), so callers and tests treat the two
+front ends alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+CONTENT_TYPES = {".png": "image/png", ".bmp": "image/bmp"}
+
+
+class ScoringFailed(Exception):
+    """The scorer answered with an error; `code` is its error code (e.g. INVALID_IMAGE)."""
+
+    def __init__(self, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class HttpClient:
+    """`POST /score` on one keep-alive connection (standard library only)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(base_url if "//" in base_url else f"http://{base_url}")
+        self.connection = http.client.HTTPConnection(
+            parts.hostname or "localhost", parts.port or 80, timeout=timeout
+        )
+
+    def score(
+        self,
+        image: bytes,
+        threshold: float | None = None,
+        max_predictions: int | None = None,
+        content_type: str = "image/jpeg",
+    ) -> dict[str, Any]:
+        query = {
+            k: v
+            for k, v in (("threshold", threshold), ("maxPredictions", max_predictions))
+            if v is not None
+        }
+        path = "/score" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        self.connection.request("POST", path, body=image, headers={"Content-Type": content_type})
+        response = self.connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+        if response.status != 200:
+            error = body.get("error", {})
+            raise ScoringFailed(error.get("code", str(response.status)), error.get("message", ""))
+        return body
+
+    def model(self) -> dict[str, Any]:
+        self.connection.request("GET", "/model")
+        return json.loads(self.connection.getresponse().read())
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def response_dict(response: Any) -> dict[str, Any]:
+    """A `scoring.v1.ScoreResponse` as the HTTP result JSON (plus its `requestId`)."""
+    predictions = []
+    for p in response.predictions:
+        item: dict[str, Any] = {
+            "probability": p.probability,
+            "tagId": p.tag_id,
+            "tagName": p.tag_name,
+        }
+        if p.HasField("bounding_box"):
+            box = p.bounding_box
+            item["boundingBox"] = {
+                "left": box.left,
+                "top": box.top,
+                "width": box.width,
+                "height": box.height,
+            }
+        predictions.append(item)
+    created = response.created.ToJsonString() if response.HasField("created") else ""
+    return {
+        "id": response.id,
+        "project": "",
+        "iteration": "",
+        "created": created,
+        "predictions": predictions,
+        "model": {
+            "name": response.model.name,
+            "version": response.model.version,
+            "kind": response.model.kind,
+        },
+        "timing": {
+            "decodeMs": response.timing.decode_ms,
+            "inferenceMs": response.timing.inference_ms,
+            "totalMs": response.timing.total_ms,
+        },
+        "provider": response.provider,
+        "requestId": response.request_id,
+    }
+
+
+class GrpcClient:
+    """`scoring.v1.Scoring` over one channel: unary calls, a stream, the model."""
+
+    def __init__(self, target: str, timeout: float = 30.0) -> None:
+        import grpc
+
+        from .generated import scoring_pb2, scoring_pb2_grpc
+
+        self._grpc = grpc
+        self._pb = scoring_pb2
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.stub = scoring_pb2_grpc.ScoringStub(self.channel)
+
+    def request(
+        self,
+        image: bytes,
+        request_id: str = "",
+        threshold: float | None = None,
+        max_predictions: int | None = None,
+    ) -> Any:
+        """A `ScoreRequest`, leaving unset what the caller did not give."""
+        request = self._pb.ScoreRequest(image=image, request_id=request_id)
+        if threshold is not None:
+            request.threshold = threshold
+        if max_predictions is not None:
+            request.max_predictions = max_predictions
+        return request
+
+    def score(
+        self,
+        image: bytes,
+        threshold: float | None = None,
+        max_predictions: int | None = None,
+        request_id: str = "",
+    ) -> dict[str, Any]:
+        try:
+            response = self.stub.Score(
+                self.request(image, request_id, threshold, max_predictions),
+                timeout=self.timeout,
+            )
+        except self._grpc.RpcError as error:
+            metadata = dict(error.trailing_metadata() or ())
+            raise ScoringFailed(
+                metadata.get("error-code", error.code().name), error.details() or ""
+            ) from None
+        return response_dict(response)
+
+    def stream(self, requests: Iterable[Any]) -> Iterator[dict[str, Any] | ScoringFailed]:
+        """One `ScoreStream`: a result dict, or a `ScoringFailed`, per request, in order."""
+        for response in self.stub.ScoreStream(iter(requests)):
+            if response.HasField("error"):
+                yield ScoringFailed(
+                    response.error.code, response.error.message, response.request_id
+                )
+            else:
+                yield response_dict(response)
+
+    def model(self) -> dict[str, Any]:
+        info = self.stub.GetModel(self._pb.GetModelRequest(), timeout=self.timeout)
+        return {
+            "name": info.name,
+            "version": info.version,
+            "kind": info.kind,
+            "format": info.format,
+            "labels": list(info.labels),
+            "inputName": info.input_name,
+            "inputShape": list(info.input_shape),
+            "inputType": info.input_type,
+            "providers": list(info.providers),
+            "sha256": info.sha256,
+            "ready": info.ready,
+        }
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _table(name: str, result: dict[str, Any]) -> str:
+    lines = [f"{name}  ({result['provider']}, {result['timing']['totalMs']:.1f} ms)"]
+    for p in result["predictions"]:
+        box = p.get("boundingBox")
+        where = (
+            f"  left={box['left']:.3f} top={box['top']:.3f} width={box['width']:.3f}"
+            f" height={box['height']:.3f}"
+            if box
+            else ""
+        )
+        lines.append(f"  {p['probability']:7.2%}  {p['tagName']}{where}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit status 1 when any image failed."""
+    parser = argparse.ArgumentParser(prog="python -m scorer.client", description=__doc__)
+    parser.add_argument("images", nargs="+", type=Path)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--http", default="http://localhost:8080", help="HTTP base URL")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address")
+    parser.add_argument("--stream", action="store_true", help="gRPC: send all in one stream")
+    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--max-predictions", type=int)
+    parser.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+    args = parser.parse_args(argv)
+    if args.stream and not args.grpc:
+        parser.error("--stream needs --grpc")
+
+    failures = 0
+
+    def show(name: str, outcome: dict[str, Any] | ScoringFailed) -> None:
+        nonlocal failures
+        if isinstance(outcome, ScoringFailed):
+            failures += 1
+            print(f"{name}: {outcome}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps({"image": name, **outcome}))
+        else:
+            print(_table(name, outcome))
+
+    client: HttpClient | GrpcClient = GrpcClient(args.grpc) if args.grpc else HttpClient(args.http)
+    try:
+        if isinstance(client, GrpcClient) and args.stream:
+            requests = (
+                client.request(p.read_bytes(), str(p), args.threshold, args.max_predictions)
+                for p in args.images
+            )
+            for path, outcome in zip(args.images, client.stream(requests), strict=True):
+                show(str(path), outcome)
+            return 1 if failures else 0
+        for path in args.images:
+            try:
+                if isinstance(client, HttpClient):
+                    content_type = CONTENT_TYPES.get(path.suffix.lower(), "image/jpeg")
+                    outcome = client.score(
+                        path.read_bytes(), args.threshold, args.max_predictions, content_type
+                    )
+                else:
+                    outcome = client.score(path.read_bytes(), args.threshold, args.max_predictions)
+            except ScoringFailed as error:
+                outcome = error
+            show(str(path), outcome)
+    finally:
+        client.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
