@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Scoring overhead, measured against a baseline of the same run.
+"""Scoring overhead of each front end, measured against a baseline of the same run.
 
 For every demo model and every export in ../shared/models, on the same images:
   (a) decode + preprocess + bare `InferenceSession.run`   (the baseline)
   (b) `Scorer.score` in process
-  (c) HTTP `POST /score`, one client on a keep-alive connection
-  (d) HTTP at 1, 2, 4 and 8 concurrent clients (throughput)
-and prints p50/p95 latency, requests/s and the ratios (b)/(a), (c)/(a).
+  (c) HTTP `POST /score` on a keep-alive connection
+  (e) gRPC `Score` (unary)
+  (f) gRPC `ScoreStream`, frames sent in lock-step (one answer before the next frame)
+then HTTP at 1, 2, 4 and 8 concurrent clients and gRPC unary and streams at 1 and 8.
+Prints p50/p95 latency, requests/s and every p50 as a ratio of (a)'s.
 
 Usage: .venv/bin/python bench/scoring.py [--requests N] [--json FILE]
 """
@@ -15,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import http.client
 import json
 import platform
+import queue
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "modules" / "scorer"), str(REPO / "scripts")]
@@ -31,6 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "modules" / "scorer"), str(REPO / "scripts
 import make_demo_models  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from scorer import imaging  # noqa: E402
+from scorer.client import GrpcClient, HttpClient, ScoringFailed  # noqa: E402
 from scorer.core import Scorer, ScorerConfig  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
 from scorer.session import open_session  # noqa: E402
@@ -38,7 +42,7 @@ from scorer.session import open_session  # noqa: E402
 from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
 
 SHARED = REPO.parent / "shared"
-CONCURRENCY = (1, 2, 4, 8)
+Caller = Callable[[bytes], object]
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -46,63 +50,65 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(call: Callable[[bytes], object], images: list[bytes], count: int) -> list[float]:
+def timed(call: Caller, images: list[bytes], count: int, seed: int = 0) -> list[float]:
     """Milliseconds per call, cycling through the images, after a short warm-up."""
-    for image in images * 3:
+    for image in images * 2:
         call(image)
     samples = []
     for i in range(count):
+        image = images[(seed + i) % len(images)]
         started = time.perf_counter()
-        call(images[i % len(images)])
+        call(image)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
 
-class KeepAliveClient:
-    """One persistent HTTP/1.1 connection. http.client keeps the client's own cost small, so
-    the figures show the server's overhead rather than a client library's."""
+class LockStepStream:
+    """One `ScoreStream` used like a call: send a frame, wait for its answer."""
 
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port)
+    def __init__(self, client: GrpcClient) -> None:
+        self.client = client
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self.answers = client.stream(iter(self.frames.get, None))
+        self.sent = 0
 
-    def score(self, image: bytes) -> bytes:
-        self.connection.request(
-            "POST", "/score", body=image, headers={"Content-Type": "image/jpeg"}
-        )
-        response = self.connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
-        return body
+    def score(self, image: bytes) -> dict[str, Any]:
+        self.sent += 1
+        self.frames.put(self.client.request(image, str(self.sent)))
+        answer = next(self.answers)
+        if isinstance(answer, ScoringFailed):
+            raise answer
+        return answer
 
     def close(self) -> None:
-        self.connection.close()
+        self.frames.put(None)
+        for _ in self.answers:
+            pass
 
 
-def concurrent_rate(
-    port: int, images: list[bytes], clients: int, count: int
+def concurrently(
+    make_caller: Callable[[], tuple[Caller, Callable[[], None]]],
+    images: list[bytes],
+    clients: int,
+    count: int,
 ) -> tuple[float, list[float]]:
-    """Requests/s and latencies with `clients` keep-alive connections sharing `count` requests."""
-    per_client = max(1, count // clients)
+    """Requests/s and latencies of `clients` callers, each with its own connection."""
 
-    def client(seed: int) -> list[float]:
-        latencies = []
-        connection = KeepAliveClient(port)
+    def run(seed: int) -> list[float]:
+        call, close = make_caller()
         try:
-            for i in range(per_client):
-                started = time.perf_counter()
-                connection.score(images[(seed + i) % len(images)])
-                latencies.append((time.perf_counter() - started) * 1000)
+            return timed(call, images, max(1, count // clients), seed)
         finally:
-            connection.close()
-        return latencies
+            close()
 
-    started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(client, range(clients)))
-    elapsed = time.perf_counter() - started
+        started = time.perf_counter()
+        results = list(pool.map(run, range(clients)))
+        elapsed = time.perf_counter() - started
     latencies = [x for r in results for x in r]
-    return len(latencies) / elapsed, latencies
+    # The warm-up calls ran inside the timed window too; count them for a fair rate.
+    warm_up = clients * 2 * len(images)
+    return (len(latencies) + warm_up) / elapsed, latencies
 
 
 def bench_model(name: str, model_dir: Path, images: list[bytes], count: int, cache: Path) -> dict:
@@ -122,18 +128,45 @@ def bench_model(name: str, model_dir: Path, images: list[bytes], count: int, cac
     server = ScorerProcess(scorer_env(model_dir, cache, PROVIDERS="cpu"))
     try:
         server.wait_ready()
-        assert server.port is not None
-        client = KeepAliveClient(server.port)
-        row = {
-            "model": name,
-            "a_bare": timed(bare, images, count),
-            "b_scorer": timed(scorer.score, images, count),
-            "c_http": timed(client.score, images, count),
-        }
-        client.close()
-        row["d_http"] = {
-            clients: concurrent_rate(server.port, images, clients, count) for clients in CONCURRENCY
-        }
+
+        def http_caller() -> tuple[Caller, Callable[[], None]]:
+            client = HttpClient(server.url)
+            return client.score, client.close
+
+        def unary_caller() -> tuple[Caller, Callable[[], None]]:
+            client = GrpcClient(server.grpc_target)
+            return client.score, client.close
+
+        def stream_caller() -> tuple[Caller, Callable[[], None]]:
+            client = GrpcClient(server.grpc_target)
+            stream = LockStepStream(client)
+
+            def close() -> None:
+                stream.close()
+                client.close()
+
+            return stream.score, close
+
+        row: dict[str, Any] = {"model": name, "single": {}, "concurrent": {}}
+        row["single"]["(a) bare run"] = timed(bare, images, count)
+        row["single"]["(b) Scorer.score"] = timed(scorer.score, images, count)
+        for label, make in (
+            ("(c) HTTP", http_caller),
+            ("(e) gRPC unary", unary_caller),
+            ("(f) gRPC stream", stream_caller),
+        ):
+            call, close = make()
+            row["single"][label] = timed(call, images, count)
+            close()
+        for label, make, levels in (
+            ("HTTP", http_caller, (1, 2, 4, 8)),
+            ("gRPC unary", unary_caller, (1, 8)),
+            ("gRPC stream", stream_caller, (1, 8)),
+        ):
+            for clients in levels:
+                row["concurrent"][f"{label} x{clients}"] = concurrently(
+                    make, images, clients, count
+                )
     finally:
         server.stop()
     return row
@@ -154,28 +187,23 @@ def models_and_images(demo: Path) -> list[tuple[str, Path, list[bytes]]]:
 
 def report(rows: list[dict]) -> None:
     print(
-        f"\n{platform.node()} | {platform.processor() or platform.machine()} | "
-        f"onnxruntime {ort.__version__} CPUExecutionProvider | python {platform.python_version()}"
+        f"\n{platform.machine()} {platform.processor()} | onnxruntime {ort.__version__}"
+        f" CPUExecutionProvider | python {platform.python_version()}"
     )
-    print(f"{'model':34} {'stage':18} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'/(a) p50':>9}")
+    print(f"{'model':30} {'stage':18} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50/(a)':>8}")
     for row in rows:
-        base = statistics.median(row["a_bare"])
-        for key, label in (
-            ("a_bare", "(a) bare run"),
-            ("b_scorer", "(b) Scorer.score"),
-            ("c_http", "(c) HTTP keep-alive"),
-        ):
-            samples = row[key]
+        base = statistics.median(row["single"]["(a) bare run"])
+        for label, samples in row["single"].items():
             p50 = statistics.median(samples)
             print(
-                f"{row['model']:34} {label:18} {p50:8.2f} {percentile(samples, 0.95):8.2f} "
-                f"{1000 / statistics.mean(samples):8.1f} {p50 / base:9.2f}"
+                f"{row['model']:30} {label:18} {p50:8.2f} {percentile(samples, 0.95):8.2f}"
+                f" {1000 / statistics.mean(samples):8.1f} {p50 / base:8.2f}"
             )
-        for clients, (rate, latencies) in row["d_http"].items():
+        for label, (rate, latencies) in row["concurrent"].items():
             p50 = statistics.median(latencies)
             print(
-                f"{row['model']:34} {f'(d) HTTP x{clients}':18} {p50:8.2f} "
-                f"{percentile(latencies, 0.95):8.2f} {rate:8.1f} {p50 / base:9.2f}"
+                f"{row['model']:30} {label:18} {p50:8.2f} {percentile(latencies, 0.95):8.2f}"
+                f" {rate:8.1f} {p50 / base:8.2f}"
             )
 
 
