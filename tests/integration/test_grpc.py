@@ -248,3 +248,38 @@ def test_sigterm_during_a_burst_finishes_the_calls_in_flight(
     assert all(r["predictions"] for r in results)
     assert server.proc.wait(60) == 0
     client.close()
+
+
+@pytest.mark.parametrize(
+    "mode", [["--http-url"], ["--grpc"], ["--grpc", "--stream"]], ids=["http", "unary", "stream"]
+)
+def test_client_command_prints_each_image(
+    colors: ScorerProcess, demo_dir: Path, mode: list[str]
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    where = ["--http", colors.url] if mode == ["--http-url"] else [mode[0], colors.grpc_target]
+    images = [str(demo_dir / "images" / f"{c}.jpg") for c in ("red", "green", "blue")]
+    command = [sys.executable, "-m", "scorer.client", *where, *mode[1:], "--json", *images]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    lines = [json.loads(line) for line in output.stdout.splitlines()]
+    assert [line["predictions"][0]["tagName"] for line in lines] == ["red", "green", "blue"]
+    table = subprocess.run(command[:-4] + images, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "99." in table.stdout and "blue" in table.stdout
+
+
+def test_client_command_fails_on_a_bad_image(colors: ScorerProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    result = subprocess.run(
+        [sys.executable, "-m", "scorer.client", "--grpc", colors.grpc_target, str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "INVALID_IMAGE" in result.stderr
