@@ -91,6 +91,29 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
     return server
 
 
+def start_edge(scorer: Scorer, settings: Settings) -> Any:
+    """Publish results to IoT Edge when run by it (or asked to); None otherwise."""
+    if settings.edge == "off":
+        return None
+    # Imported only here: outside IoT Edge the Azure SDK is not even loaded.
+    from . import edge
+
+    if settings.edge == "auto" and not edge.in_iot_edge():
+        return None
+    publisher = edge.EdgePublisher(
+        scorer,
+        output=settings.edge_output,
+        queue_size=settings.edge_queue_size,
+        call_timeout_s=settings.edge_call_timeout_s,
+        recreate_after_s=settings.edge_recreate_after_s,
+        connection_retry_s=settings.edge_connection_retry_s,
+        report_interval_s=settings.edge_report_interval_s,
+    )
+    scorer.sink = publisher
+    publisher.start()
+    return publisher
+
+
 class ScorerWorker(ThreadWorker):
     """gunicorn's threaded worker, which also stops the gRPC server gracefully on SIGTERM."""
 
@@ -106,6 +129,9 @@ class ScorerWorker(ThreadWorker):
         stopped = getattr(self, "grpc_stopped", None)
         if stopped is not None:
             stopped.wait(self.cfg.graceful_timeout)
+        publisher = getattr(self.app, "edge_publisher", None)
+        if publisher is not None:
+            publisher.stop()
 
 
 class ScorerServer(BaseApplication):
@@ -115,6 +141,7 @@ class ScorerServer(BaseApplication):
         self.settings = settings
         self.spec = spec
         self.grpc_server: Any = None
+        self.edge_publisher: Any = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -148,6 +175,7 @@ class ScorerServer(BaseApplication):
             target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
         ).start()
         self.grpc_server = start_grpc(scorer, self.settings)
+        self.edge_publisher = start_edge(scorer, self.settings)
         policy = None
         if self.settings.url_enabled:
             policy = FetchPolicy(

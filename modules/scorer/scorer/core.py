@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import imaging
 from .decode import LabelMismatch, Prediction
@@ -90,6 +90,12 @@ class Result:
         }
 
 
+class ResultSink(Protocol):
+    """Where results go besides the reply (IoT Edge); `publish` must never block or raise."""
+
+    def publish(self, result: Result) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class ScorerConfig:
     """What the core needs from the settings."""
@@ -115,6 +121,9 @@ class Scorer:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_inflight)
         self._draft_size = spec.preprocessing.draft_size()
+        self.default_threshold = config.default_threshold
+        self.default_max_predictions = config.default_max_predictions
+        self.sink: ResultSink | None = None
 
     @property
     def ready(self) -> bool:
@@ -217,11 +226,9 @@ class Scorer:
             raise ScoringError(
                 Code.INTERNAL, f"model output does not fit labels.txt: {error}"
             ) from None
-        threshold = (
-            self.config.default_threshold if options.threshold is None else options.threshold
-        )
+        threshold = self.default_threshold if options.threshold is None else options.threshold
         limit = (
-            self.config.default_max_predictions
+            self.default_max_predictions
             if options.max_predictions is None
             else options.max_predictions
         )
@@ -230,7 +237,7 @@ class Scorer:
             kept = kept[:limit]
         finished = time.perf_counter()
         self.metrics.observe(decoded - started, inferred - decoded, finished - started)
-        return Result(
+        result = Result(
             id=str(uuid.uuid4()),
             created=datetime.datetime.now(datetime.timezone.utc)
             .isoformat(timespec="milliseconds")
@@ -244,3 +251,6 @@ class Scorer:
             ),
             provider=model.providers[0],
         )
+        if self.sink is not None:
+            self.sink.publish(result)
+        return result

@@ -136,6 +136,15 @@ class Settings:
     url_allowed_hosts: tuple[str, ...] = _setting((), _hosts, "hosts /url may fetch from")
     url_timeout_s: float = _setting(5.0, _positive_float, "time limit for a /url fetch")
     graceful_timeout_s: float = _setting(20.0, _positive_float, "grace on SIGTERM")
+    edge: str = _setting(
+        "auto", _choice("auto", "on", "off"), "publish to IoT Edge (auto: if run by it)"
+    )
+    edge_output: str = _setting("results", str, "edgeHub output the results go to")
+    edge_queue_size: int = _setting(1000, _positive_int, "results waiting for edgeHub before drops")
+    edge_call_timeout_s: float = _setting(10.0, _positive_float, "time limit of one SDK call")
+    edge_recreate_after_s: float = _setting(60.0, _positive_float, "broken link: new client after")
+    edge_connection_retry_s: int = _setting(10, _positive_int, "SDK reconnect interval")
+    edge_report_interval_s: float = _setting(30.0, _positive_float, "reported properties period")
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
     @classmethod

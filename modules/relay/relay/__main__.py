@@ -1,0 +1,173 @@
+"""`python -m relay`: results from the scorer, through the policy and the spool, to IoT Hub."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from .iothub import HubLink
+from .policy import Policy
+from .relay import Forwarder, Relay
+from .settings import Settings, SettingsError
+from .spool import Spool
+
+log = logging.getLogger("relay")
+
+
+class RelayModule:
+    """Wires spool, relay, forwarder and the edgeHub link; answers twin and methods."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_path, settings.spool_max_bytes)
+        self.relay = Relay(self.spool, Policy())
+        self.accepting = threading.Event()
+        self.stopping = threading.Event()
+        self.link = HubLink(
+            settings.input_name,
+            settings.output_name,
+            on_input=self.on_input,
+            on_desired=self.on_desired,
+            on_method=self.on_method,
+            keep_input=self.spool.receive,
+            call_timeout_s=settings.call_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
+            recreate_after_s=settings.recreate_after_s,
+            connection_retry_s=settings.connection_retry_s,
+        )
+        self.forwarder = Forwarder(
+            self.spool, self.link.send, settings.retry_initial_s, settings.retry_max_s
+        )
+        self.relay.wakeup = self.forwarder.wake
+
+    def on_input(self, payload: bytes, message_id: str) -> None:
+        if not self.accepting.is_set():
+            return  # stopping: it stays in the durable inbox and is handled after restart
+        self.relay.handle(payload, message_id)
+
+    def on_desired(self, desired: dict[str, Any]) -> None:
+        self.relay.apply_desired(desired)
+        self.report()
+
+    def stats(self) -> dict[str, Any]:
+        queued, queued_bytes = self.spool.depth()
+        counters = self.spool.counters()
+        state = self.forwarder.state
+        return {
+            "queued": queued,
+            "queuedBytes": queued_bytes,
+            "sent": int(counters.get("sent", 0)),
+            "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),
+            "droppedAlerts": int(counters.get("dropped_alert", 0)),
+            "results": int(counters.get("results", 0)),
+            "alerts": int(counters.get("alerts", 0)),
+            "duplicates": int(counters.get("duplicates", 0)),
+            "invalid": int(counters.get("invalid", 0)),
+            "lastError": state.last_error or None,
+            "lastErrorTime": state.last_error_time or None,
+            "lastSentTime": state.last_sent_time or None,
+        }
+
+    def report(self) -> None:
+        errors = self.relay.policy_errors
+        patch = {
+            "policy": self.relay.policy.to_twin(),
+            # null clears keys of an earlier report in the twin
+            "policyErrors": errors or None,
+            "stats": self.stats(),
+        }
+        try:
+            self.link.report(patch)
+        except Exception as error:  # noqa: BLE001 - reporting is best effort; retried later
+            log.warning("reported properties not sent: %s", error)
+
+    def on_method(self, name: str, payload: Any) -> tuple[int, Any]:
+        if name == "getStats":
+            return 200, self.stats()
+        if name == "flush":
+            timeout = self.settings.graceful_timeout_s
+            if isinstance(payload, dict) and isinstance(
+                payload.get("timeoutSeconds"), (int, float)
+            ):
+                timeout = float(payload["timeoutSeconds"])
+            self.relay.close_window(force=True)
+            flushed = self.forwarder.drain(timeout)
+            return 200, {"flushed": flushed, **self.stats()}
+        return 404, {"error": f"unknown method {name!r}; use getStats or flush"}
+
+    def replay_unhandled(self) -> None:
+        """Handle inputs that were received but not handled before the last stop."""
+        pending = self.spool.unhandled()
+        for message_id, payload in pending:
+            self.relay.handle(payload, message_id)
+        if pending:
+            log.info("handled %d inputs left from before the restart", len(pending))
+
+    def connect(self) -> None:
+        delay = self.settings.retry_initial_s
+        while not self.stopping.is_set():
+            try:
+                self.link.open()
+                return
+            except Exception as error:  # noqa: BLE001 - keep trying; the spool is safe
+                log.warning("cannot connect to edgeHub yet (%s); retrying in %.1f s", error, delay)
+                self.link.close()
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    def run(self) -> None:
+        self.replay_unhandled()
+        self.forwarder.start()  # the spool from before the restart goes first, in order
+        self.connect()
+        try:
+            self.relay.apply_desired(self.link.desired())
+        except Exception as error:  # noqa: BLE001 - the desired patch handler catches up
+            log.warning("twin not read at start (%s); using the current policy", error)
+        self.accepting.set()
+        self.replay_unhandled()
+        self.report()
+        last_report = time.monotonic()
+        while not self.stopping.wait(1.0):
+            self.relay.close_window()
+            if time.monotonic() - last_report >= self.settings.report_interval_s:
+                self.report()
+                last_report = time.monotonic()
+
+    def shutdown(self) -> None:
+        """Stop taking input, send what can be sent in the grace period, keep the rest."""
+        self.accepting.clear()
+        flushed = self.forwarder.drain(self.settings.graceful_timeout_s)
+        queued, _ = self.spool.depth()
+        log.info(
+            "stopping: %s; %d messages stay spooled", "all sent" if flushed else "timeout", queued
+        )
+        self.forwarder.stop()
+        self.link.close()
+        self.spool.close()
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"relay: cannot start: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    module = RelayModule(settings)
+    signal.signal(signal.SIGTERM, lambda *_: module.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: module.stopping.set())
+    try:
+        module.run()
+    finally:
+        module.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The relay's engine: each result through the policy into the spool; the spool to IoT Hub.
+
+Knows nothing of the Azure SDK: `Forwarder` sends through any callable, so tests and the
+real `iothub.HubLink` plug in the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import policy as rules
+from .policy import Outgoing, Policy
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def iso(timestamp: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class Relay:
+    """Applies the policy to each result in one durable transaction; closes summary windows."""
+
+    def __init__(self, spool: Spool, policy: Policy, clock: Callable[[], float] = time.time):
+        self.spool = spool
+        self.clock = clock
+        self._policy = policy
+        self._policy_errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._minute = -1
+        self._sent_this_minute = 0
+        self.wakeup: Callable[[], None] = lambda: None
+        with spool.transaction() as db:
+            if spool.counter(db, "window_start", -1) < 0:
+                spool.set_counter(db, "window_start", clock())
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def policy_errors(self) -> dict[str, str]:
+        return dict(self._policy_errors)
+
+    def apply_desired(self, desired: dict[str, Any]) -> dict[str, str]:
+        """Apply twin desired properties live; returns the rejected keys with reasons."""
+        with self._lock:
+            self._policy, errors = rules.apply_desired(self._policy, desired)
+            self._policy_errors = errors
+        if errors:
+            log.warning("desired properties rejected: %s", errors)
+        log.info("policy now %s", self._policy.to_twin())
+        return errors
+
+    def _rate_allows(self, now: float) -> bool:
+        minute = rules.minute_of(now)
+        if minute != self._minute:
+            self._minute, self._sent_this_minute = minute, 0
+        if self._sent_this_minute >= self._policy.max_messages_per_minute:
+            return False
+        self._sent_this_minute += 1
+        return True
+
+    def handle(self, payload: bytes, message_id: str = "") -> str:
+        """Take one result; returns "accepted", "duplicate" or "invalid"."""
+        try:
+            result = json.loads(payload)
+        except ValueError:
+            result = None
+        result_id = (
+            (
+                result.get("id")
+                if isinstance(result, dict) and isinstance(result.get("id"), str)
+                else None
+            )
+            or message_id
+            or hashlib.sha256(payload).hexdigest()
+        )
+        now = self.clock()
+        with self._lock, self.spool.transaction() as db:
+            if message_id:
+                self.spool.forget_received(db, message_id)
+            if not isinstance(result, dict):
+                self.spool.add_counter(db, "invalid")
+                log.warning("input %s is not a JSON result; dropped and counted", result_id)
+                return "invalid"
+            if self.spool.was_seen(db, result_id):
+                self.spool.add_counter(db, "duplicates")
+                return "duplicate"
+            self.spool.mark_seen(db, result_id)
+            kept = rules.kept_detections(result, self._policy)
+            matches = rules.alert_matches(result, self._policy)
+            seen_at = result.get("created") if isinstance(result.get("created"), str) else iso(now)
+            self.spool.update_window(db, rules.fold(self.spool.window(db), kept, seen_at))
+            self.spool.add_counter(db, "results")
+            self.spool.add_counter(db, "window_frames")
+            if matches:
+                self.spool.enqueue(db, rules.alert_message(result, matches))
+                self.spool.add_counter(db, "alerts")
+            elif kept:
+                if self._rate_allows(now):
+                    self.spool.enqueue(db, rules.result_message(result, kept))
+                    self.spool.add_counter(db, "window_sent")
+                else:
+                    self.spool.add_counter(db, "window_folded")
+        self.wakeup()
+        return "accepted"
+
+    def close_window(self, force: bool = False) -> int:
+        """Spool the summary when the window is over (or now, with `force`); parts spooled."""
+        now = self.clock()
+        with self._lock, self.spool.transaction() as db:
+            start = self.spool.counter(db, "window_start", now)
+            if not force and now - start < self._policy.summary_window_s:
+                return 0
+            frames = int(self.spool.counter(db, "window_frames"))
+            messages: list[Outgoing] = []
+            if frames:
+                totals = rules.WindowTotals(
+                    iso(start),
+                    iso(now),
+                    frames,
+                    int(self.spool.counter(db, "window_sent")),
+                    int(self.spool.counter(db, "window_folded")),
+                )
+                messages = rules.summary_messages(totals, self.spool.window(db))
+            for message in messages:
+                self.spool.enqueue(db, message)
+            self.spool.clear_window(db)
+            for name in ("window_frames", "window_sent", "window_folded"):
+                self.spool.set_counter(db, name, 0)
+            self.spool.set_counter(db, "window_start", now)
+        if messages:
+            self.wakeup()
+        return len(messages)
+
+
+@dataclasses.dataclass
+class ForwarderState:
+    """What the forwarder reports: its last error and when it last sent."""
+
+    last_error: str = ""
+    last_error_time: str = ""
+    last_sent_time: str = ""
+    connected: bool = False
+
+
+class Forwarder:
+    """Sends the spool in order; a message leaves the spool only after `send` returned."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        send: Callable[[Outgoing], None],
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        self.spool = spool
+        self.send = send
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.state = ForwarderState()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        delay = self.retry_initial_s
+        while not self._stop.is_set():
+            batch = self.spool.oldest()
+            if not batch:
+                self._idle.set()
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._idle.clear()
+            for seq, message in batch:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.send(message)
+                except Exception as error:  # noqa: BLE001 - any failure: keep it spooled, retry
+                    self.state.last_error = f"{type(error).__name__}: {error}"[:300]
+                    self.state.last_error_time = iso(time.time())
+                    self.state.connected = False
+                    log.warning("send failed, retrying in %.1f s: %s", delay, error)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    break
+                self.spool.acknowledge(seq)
+                self.state.last_sent_time = iso(time.time())
+                self.state.connected = True
+                delay = self.retry_initial_s
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the spool is empty (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        self.wake()
+        while time.monotonic() < deadline:
+            if self.spool.depth()[0] == 0:
+                return True
+            time.sleep(0.05)
+        return self.spool.depth()[0] == 0
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)

@@ -1,0 +1,177 @@
+"""The relay's durable state on the module volume: outgoing messages, window stats, seen ids.
+
+SQLite in WAL mode with `synchronous=FULL`: a transaction that returned is on disk, through a
+`kill -9` or a power cut. Each incoming result is handled in one transaction (mark it seen,
+fold it into the window, spool what it sends), so after a crash a result is either fully
+accounted for or not at all, and a redelivered duplicate is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .policy import LabelStats, Outgoing
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    label TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (result_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_labels (
+    label TEXT PRIMARY KEY, frames INTEGER, detections INTEGER, max_probability REAL,
+    first_seen TEXT, last_seen TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
+
+
+class Spool:
+    """Thread-safe durable store; every public method is one transaction."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work; rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- used inside a transaction -------------------------------------------------------
+
+    @staticmethod
+    def was_seen(db: sqlite3.Connection, result_id: str) -> bool:
+        return (
+            db.execute("SELECT 1 FROM seen WHERE result_id=?", (result_id,)).fetchone() is not None
+        )
+
+    @staticmethod
+    def mark_seen(db: sqlite3.Connection, result_id: str) -> None:
+        rowid = db.execute("INSERT INTO seen(result_id) VALUES (?)", (result_id,)).lastrowid or 0
+        if rowid % 1000 == 0:
+            db.execute("DELETE FROM seen WHERE rowid <= ?", (rowid - SEEN_KEPT,))
+
+    @staticmethod
+    def window(db: sqlite3.Connection) -> dict[str, LabelStats]:
+        rows = db.execute(
+            "SELECT label, frames, detections, max_probability, first_seen, last_seen"
+            " FROM window_labels"
+        )
+        return {row[0]: LabelStats(*row[1:]) for row in rows}
+
+    @staticmethod
+    def update_window(db: sqlite3.Connection, stats: dict[str, LabelStats]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO window_labels VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (label, s.frames, s.detections, s.max_probability, s.first_seen, s.last_seen)
+                for label, s in stats.items()
+            ],
+        )
+
+    @staticmethod
+    def clear_window(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM window_labels")
+
+    @staticmethod
+    def counter(db: sqlite3.Connection, name: str, default: float = 0.0) -> float:
+        row = db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    @staticmethod
+    def set_counter(db: sqlite3.Connection, name: str, value: float) -> None:
+        db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (name, value))
+
+    @classmethod
+    def add_counter(cls, db: sqlite3.Connection, name: str, amount: float = 1) -> None:
+        cls.set_counter(db, name, cls.counter(db, name) + amount)
+
+    def enqueue(self, db: sqlite3.Connection, message: Outgoing) -> None:
+        """Spool a message, then enforce the size bound: oldest non-alerts go first."""
+        db.execute(
+            "INSERT OR IGNORE INTO outbox(kind, label, message_id, body) VALUES (?, ?, ?, ?)",
+            (message.kind, message.label, message.message_id, message.body),
+        )
+        size = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox").fetchone()[0]
+        while size > self.max_bytes:
+            victim = db.execute(
+                "SELECT seq, LENGTH(body), kind FROM outbox ORDER BY kind = 'alert', seq LIMIT 1"
+            ).fetchone()
+            if victim is None:
+                break
+            db.execute("DELETE FROM outbox WHERE seq=?", (victim[0],))
+            self.add_counter(db, f"dropped_{victim[2]}")
+            size -= victim[1]
+
+    @staticmethod
+    def forget_received(db: sqlite3.Connection, message_id: str) -> None:
+        db.execute("DELETE FROM inbox WHERE message_id=?", (message_id,))
+
+    # --- one transaction each --------------------------------------------------------------
+
+    def receive(self, message_id: str, payload: bytes) -> None:
+        """Keep a just-received input until it is handled (see iothub.py for why)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO inbox(message_id, payload) VALUES (?, ?)", (message_id, payload)
+            )
+
+    def unhandled(self) -> list[tuple[str, bytes]]:
+        """Inputs received before a crash but never handled, oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT message_id, payload FROM inbox ORDER BY seq").fetchall()
+
+    def oldest(self, limit: int = 32) -> list[tuple[int, Outgoing]]:
+        """The next messages to send, in spool order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, body, message_id, label FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(row[0], Outgoing(row[1], row[2], row[3], row[4])) for row in rows]
+
+    def acknowledge(self, seq: int) -> None:
+        """IoT Hub's edgeHub took the message: forget it and count it sent."""
+        with self.transaction() as db:
+            if db.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
+                self.add_counter(db, "sent")
+
+    def depth(self) -> tuple[int, int]:
+        """(messages, bytes) waiting in the spool."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM outbox"
+            ).fetchone()
+
+    def counters(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,270 @@
+"""The scorer under IoT Edge: results to the output `results`, module twin, direct methods.
+
+The only scorer file importing `azure.iot.device`, and imported only when the scorer runs
+under IoT Edge (or a setting asks). Publishing goes through a bounded queue and one sender
+thread, so it never delays or fails a reply; what the queue has to drop is counted and
+reported. SDK calls can block without end, so each runs with a timeout, and a link that stays
+broken gets a new client.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
+
+from .core import Result, Scorer
+
+log = logging.getLogger(__name__)
+
+EDGE_VARIABLES = (
+    "IOTEDGE_WORKLOADURI",
+    "IOTEDGE_DEVICEID",
+    "IOTEDGE_MODULEID",
+    "IOTEDGE_GATEWAYHOSTNAME",
+    "IOTEDGE_IOTHUBHOSTNAME",
+    "IOTEDGE_MODULEGENERATIONID",
+    "IOTEDGE_APIVERSION",
+)
+
+
+def in_iot_edge(environ: Mapping[str, str] | None = None) -> bool:
+    """True when IoT Edge started this process (its module environment is complete)."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(name) for name in EDGE_VARIABLES)
+
+
+def _desired_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return float(value)
+
+
+def _desired_max(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number, 0 (all) or more")
+    return value
+
+
+def _desired_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+DESIRED = {
+    "threshold": _desired_threshold,
+    "maxPredictions": _desired_max,
+    "publishResults": _desired_flag,
+}
+
+
+class EdgePublisher:
+    """A `ResultSink` that publishes to edgeHub, plus the scorer's twin and methods."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        output: str = "results",
+        queue_size: int = 1000,
+        call_timeout_s: float = 10.0,
+        recreate_after_s: float = 60.0,
+        connection_retry_s: int = 10,
+        report_interval_s: float = 30.0,
+    ) -> None:
+        self.scorer = scorer
+        self.output = output
+        self.call_timeout_s = call_timeout_s
+        self.recreate_after_s = recreate_after_s
+        self.connection_retry_s = connection_retry_s
+        self.report_interval_s = report_interval_s
+        self.enabled = True
+        self.desired_errors: dict[str, str] = {}
+        self.queued: queue.Queue[tuple[str, bytes]] = queue.Queue(queue_size)
+        self.sent = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.connected = False
+        self._client: IoTHubModuleClient | None = None
+        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-publisher", daemon=True)
+
+    # --- ResultSink ---------------------------------------------------------------------------
+
+    def publish(self, result: Result) -> None:
+        """Queue the result for the output; drop (and count) when the queue is full."""
+        if not self.enabled:
+            return
+        body = json.dumps(result.to_dict(), separators=(",", ":")).encode("utf-8")
+        try:
+            self.queued.put_nowait((result.id, body))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("edgeHub output queue full: %d results dropped so far", self.dropped)
+
+    # --- client lifecycle ----------------------------------------------------------------------
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._calls is None:
+            raise ConnectionError("no client")
+        future = self._calls.submit(function, *args)
+        try:
+            return future.result(self.call_timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"{function.__name__} took over {self.call_timeout_s:g} s") from None
+
+    def _open(self) -> None:
+        client = IoTHubModuleClient.create_from_edge_environment(
+            connection_retry_interval=self.connection_retry_s
+        )
+        client.on_twin_desired_properties_patch_received = self._on_desired
+        client.on_method_request_received = self._on_method
+        self._client = client
+        self._calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="edge-sdk")
+        self._call(client.connect)
+        self._apply_desired(self._call(client.get_twin).get("desired", {}))
+        self.connected = True
+        log.info("connected to edgeHub; publishing results to output %r", self.output)
+
+    def _close(self) -> None:
+        client, calls = self._client, self._calls
+        self._client = self._calls = None
+        self.connected = False
+        if client is not None and calls is not None:
+            try:
+                calls.submit(client.shutdown).result(self.call_timeout_s)
+            except Exception as error:  # noqa: BLE001 - shutting down: log and move on
+                log.warning("edge client shutdown did not complete: %s", error)
+            calls.shutdown(wait=False, cancel_futures=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.call_timeout_s + 1)
+        self._close()
+
+    # --- sender ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay, broken_since = 0.5, None
+        last_report = 0.0
+        pending: tuple[str, bytes] | None = None
+        while not self._stop.is_set():
+            try:
+                if self._client is None:
+                    self._open()
+                    self._report()
+                    last_report = time.monotonic()
+                if pending is None:
+                    pending = self.queued.get(timeout=1.0)
+                message = Message(
+                    pending[1],
+                    message_id=pending[0],
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                )
+                self._call(self._client.send_message_to_output, message, self.output)
+                self.sent += 1
+                pending, delay, broken_since = None, 0.5, None
+            except queue.Empty:
+                pass
+            except Exception as error:  # noqa: BLE001 - keep the result, back off, retry
+                self.last_error = f"{type(error).__name__}: {error}"[:300]
+                self.connected = False
+                broken_since = broken_since or time.monotonic()
+                if time.monotonic() - broken_since > self.recreate_after_s or self._calls is None:
+                    log.warning("edgeHub link broken (%s): recreating the client", error)
+                    self._close()
+                    broken_since = None
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self._client is not None and time.monotonic() - last_report > self.report_interval_s:
+                self._report()
+                last_report = time.monotonic()
+
+    # --- twin and methods ------------------------------------------------------------------------
+
+    def _apply_desired(self, desired: Mapping[str, Any]) -> None:
+        errors: dict[str, str] = {}
+        for key, value in desired.items():
+            if key.startswith("$"):
+                continue
+            if key not in DESIRED:
+                errors[key] = "unknown property"
+                continue
+            try:
+                parsed = DESIRED[key](value)
+            except ValueError as error:
+                errors[key] = f"{error} (got {json.dumps(value)})"
+                continue
+            if key == "threshold":
+                self.scorer.default_threshold = parsed
+            elif key == "maxPredictions":
+                self.scorer.default_max_predictions = parsed
+            else:
+                self.enabled = parsed
+        self.desired_errors = errors
+        if errors:
+            log.warning("desired properties rejected: %s", errors)
+
+    def _on_desired(self, patch: dict[str, Any]) -> None:
+        self._apply_desired(patch)
+        self._report()
+
+    def status(self) -> dict[str, Any]:
+        """What `getStatus` answers and the reported properties carry."""
+        registry = self.scorer.metrics.registry
+        counts = {
+            sample.labels["code"]: int(sample.value)
+            for metric in registry.collect()
+            if metric.name == "scorer_requests"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        return {
+            "model": {k: v for k, v in self.scorer.model_info().items() if k != "labels"},
+            "providers": list(self.scorer.providers),
+            "defaults": {
+                "threshold": self.scorer.default_threshold,
+                "maxPredictions": self.scorer.default_max_predictions,
+                "publishResults": self.enabled,
+            },
+            "requests": counts,
+            "publisher": {
+                "connected": self.connected,
+                "queued": self.queued.qsize(),
+                "sent": self.sent,
+                "dropped": self.dropped,
+                "lastError": self.last_error or None,
+            },
+        }
+
+    def _report(self) -> None:
+        try:
+            if self._client is not None:
+                patch = {**self.status(), "desiredErrors": self.desired_errors or None}
+                self._call(self._client.patch_twin_reported_properties, patch)
+        except Exception as error:  # noqa: BLE001 - best effort; the next report retries
+            log.warning("reported properties not sent: %s", error)
+
+    def _on_method(self, request: Any) -> None:
+        if request.name == "getStatus":
+            status, payload = 200, self.status()
+        else:
+            status, payload = 404, {"error": f"unknown method {request.name!r}; use getStatus"}
+        if self._client is not None:
+            response = MethodResponse.create_from_method_request(request, status, payload)
+            self._call(self._client.send_method_response, response)
