@@ -1,0 +1,132 @@
+"""The relay's policy: pure functions, checked on hand-made results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from relay import policy as rules
+from relay.policy import AlertRule, LabelStats, Policy, WindowTotals
+
+
+def result(*predictions: tuple[str, float], rid: str = "r1") -> dict:
+    return {
+        "id": rid,
+        "created": "2026-11-25T10:00:00.000Z",
+        "model": {"name": "m", "version": "1", "kind": "detection"},
+        "predictions": [{"tagName": t, "probability": p, "tagId": 0} for t, p in predictions],
+    }
+
+
+def test_filter_keeps_labels_above_the_minimum() -> None:
+    policy = Policy(min_probability=0.5, labels=("defect",))
+    kept = rules.kept_detections(result(("defect", 0.9), ("defect", 0.4), ("ok", 0.99)), policy)
+    assert [(d.label, d.probability) for d in kept] == [("defect", 0.9)]
+
+
+def test_empty_label_list_keeps_every_label() -> None:
+    kept = rules.kept_detections(result(("a", 0.6), ("b", 0.7)), Policy(min_probability=0.5))
+    assert {d.label for d in kept} == {"a", "b"}
+
+
+def test_alert_rules_match_on_their_own_threshold_ignoring_the_filter() -> None:
+    policy = Policy(min_probability=0.9, labels=("x",), alerts=(AlertRule("fire", 0.3),))
+    matches = rules.alert_matches(result(("fire", 0.35), ("fire", 0.2)), policy)
+    assert [(d.label, d.probability) for d in matches] == [("fire", 0.35)]
+
+
+def test_malformed_predictions_are_skipped() -> None:
+    broken = {"predictions": [{"tagName": 3, "probability": "x"}, {"probability": 0.9}]}
+    assert rules.kept_detections(broken, Policy(min_probability=0.0)) == []
+
+
+def test_fold_accumulates_frames_detections_max_and_times() -> None:
+    d = rules.Detection
+    window = rules.fold({}, [d("a", 0.6), d("a", 0.8), d("b", 0.7)], "2026-01-01T00:00:01Z")
+    window.update(rules.fold(window, [d("a", 0.9)], "2026-01-01T00:00:05Z"))
+    assert window["a"] == LabelStats(2, 3, 0.9, "2026-01-01T00:00:01Z", "2026-01-01T00:00:05Z")
+    assert window["b"] == LabelStats(1, 1, 0.7, "2026-01-01T00:00:01Z", "2026-01-01T00:00:01Z")
+
+
+def test_messages_carry_type_label_and_unique_ids() -> None:
+    r = result(("cat", 0.7), ("dog", 0.95))
+    detections = rules.kept_detections(r, Policy(min_probability=0.5))
+    alert = rules.alert_message(r, detections)
+    other = rules.result_message(r, detections)
+    assert alert.properties == {"type": "alert", "label": "dog"}
+    assert other.properties == {"type": "result", "label": "dog"}
+    assert alert.message_id != other.message_id
+    body = json.loads(alert.body)
+    assert body["resultId"] == "r1" and len(body["matches"]) == 2
+
+
+def test_summary_fits_and_splits_under_the_hub_limit() -> None:
+    labels = {
+        f"label-{i:05d}-" + "x" * 200: LabelStats(
+            i, i, 0.5, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
+        )
+        for i in range(3000)
+    }
+    totals = WindowTotals("s", "e", frames=5000, sent=10, folded=7)
+    parts = rules.summary_messages(totals, labels)
+    assert len(parts) > 1
+    bodies = [json.loads(p.body) for p in parts]
+    assert all(len(p.body) <= rules.MAX_MESSAGE_BYTES - rules.PROPERTY_ALLOWANCE for p in parts)
+    assert sum(len(b["labels"]) for b in bodies) == 3000
+    assert {b["parts"] for b in bodies} == {len(parts)}
+    assert all(b["frames"] == 5000 and b["folded"] == 7 for b in bodies)
+    assert len({p.message_id for p in parts}) == len(parts)
+
+
+def test_small_summary_is_one_message() -> None:
+    stats = {"a": LabelStats(1, 2, 0.9, "t1", "t2")}
+    (only,) = rules.summary_messages(WindowTotals("s", "e", 3, 1, 0), stats)
+    body = json.loads(only.body)
+    assert only.properties == {"type": "summary"}
+    assert body["labels"]["a"] == {
+        "frames": 1,
+        "detections": 2,
+        "maxProbability": 0.9,
+        "firstSeen": "t1",
+        "lastSeen": "t2",
+    }
+
+
+def test_desired_properties_apply_and_echo() -> None:
+    desired = {
+        "$version": 4,
+        "minProbability": 0.7,
+        "labels": ["defect"],
+        "alerts": [{"label": "fire", "minProbability": 0.2}],
+        "summaryWindowSeconds": 30,
+        "maxMessagesPerMinute": 5,
+    }
+    policy, errors = rules.apply_desired(Policy(), desired)
+    assert errors == {}
+    assert policy == Policy(0.7, ("defect",), (AlertRule("fire", 0.2),), 30.0, 5)
+    assert policy.to_twin() == {k: v for k, v in desired.items() if k != "$version"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("minProbability", "high"),
+        ("minProbability", 1.5),
+        ("minProbability", True),
+        ("labels", "defect"),
+        ("alerts", [{"minProbability": 0.5}]),
+        ("summaryWindowSeconds", 0),
+        ("maxMessagesPerMinute", 2.5),
+        ("colour", "blue"),
+    ],
+)
+def test_a_wrong_desired_value_is_rejected_and_the_rest_applied(key: str, value: object) -> None:
+    before = Policy(min_probability=0.4)
+    policy, errors = rules.apply_desired(
+        before,
+        {key: value, "maxMessagesPerMinute": 9} if key != "maxMessagesPerMinute" else {key: value},
+    )
+    assert key in errors
+    if key != "maxMessagesPerMinute":
+        assert policy.max_messages_per_minute == 9
+    assert policy.min_probability == 0.4

@@ -1,0 +1,117 @@
+"""The relay engine on a real SQLite spool: accounting, de-duplication, bounds, ordering."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from relay.policy import AlertRule, Outgoing, Policy
+from relay.relay import Forwarder, Relay
+from relay.spool import Spool
+
+from tests.unit.test_policy import result
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "relay.db", max_bytes=10_000_000)
+
+
+def bodies(spool: Spool) -> list[dict]:
+    return [json.loads(m.body) for _, m in spool.oldest(10_000)]
+
+
+def test_alerts_results_and_summary_account_for_every_result(spool: Spool) -> None:
+    clock = Clock()
+    relay = Relay(spool, Policy(0.5, (), (AlertRule("fire", 0.8),), 60, 2), clock)
+    relay.handle(json.dumps(result(("fire", 0.9), rid="a")).encode())
+    for i in range(5):
+        relay.handle(json.dumps(result(("smoke", 0.6), rid=f"s{i}")).encode())
+    relay.handle(json.dumps(result(("smoke", 0.1), rid="low")).encode())
+    clock.now += 61
+    assert relay.close_window() == 1
+    kinds = [b["type"] for b in bodies(spool)]
+    assert kinds == ["alert", "result", "result", "summary"]
+    summary = bodies(spool)[-1]
+    assert summary["frames"] == 7 and summary["sentIndividually"] == 2 and summary["folded"] == 3
+    assert summary["labels"]["smoke"]["frames"] == 5
+    assert summary["labels"]["fire"]["maxProbability"] == 0.9
+
+
+def test_a_duplicate_delivery_is_counted_once(spool: Spool) -> None:
+    relay = Relay(spool, Policy(0.0, (), (AlertRule("x", 0.0),)))
+    payload = json.dumps(result(("x", 0.5), rid="same")).encode()
+    assert relay.handle(payload) == "accepted"
+    assert relay.handle(payload) == "duplicate"
+    assert spool.depth()[0] == 1
+    assert spool.counters()["duplicates"] == 1
+
+
+def test_state_survives_reopening_the_spool(tmp_path: Path) -> None:
+    clock = Clock()
+    first = Spool(tmp_path / "r.db", 10_000_000)
+    Relay(first, Policy(0.0), clock).handle(json.dumps(result(("a", 0.5), rid="1")).encode())
+    first.close()
+    second = Spool(tmp_path / "r.db", 10_000_000)
+    relay = Relay(second, Policy(0.0, max_messages_per_minute=0), clock)
+    assert relay.handle(json.dumps(result(("a", 0.5), rid="1")).encode()) == "duplicate"
+    clock.now += 3600
+    relay.close_window()
+    assert bodies(second)[-1]["frames"] == 1
+
+
+def test_invalid_input_is_counted_not_relayed(spool: Spool) -> None:
+    relay = Relay(spool, Policy())
+    assert relay.handle(b"{not json") == "invalid"
+    assert spool.counters()["invalid"] == 1 and spool.depth()[0] == 0
+
+
+def test_size_bound_drops_oldest_non_alerts_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "r.db", max_bytes=3000)
+    with spool.transaction() as db:
+        spool.enqueue(db, Outgoing("alert", b"a" * 1000, "alert-1"))
+        for i in range(4):
+            spool.enqueue(db, Outgoing("result", b"r" * 1000, f"result-{i}"))
+    kept = [m.message_id for _, m in spool.oldest()]
+    assert kept == ["alert-1", "result-2", "result-3"]
+    assert spool.counters()["dropped_result"] == 2
+
+
+def test_received_inputs_wait_in_the_inbox_until_handled(spool: Spool) -> None:
+    relay = Relay(spool, Policy(0.0))
+    spool.receive("m1", json.dumps(result(("a", 0.5), rid="1")).encode())
+    assert [mid for mid, _ in spool.unhandled()] == ["m1"]
+    relay.handle(spool.unhandled()[0][1], "m1")
+    assert spool.unhandled() == []
+
+
+def test_forwarder_sends_in_order_and_keeps_failures_spooled(spool: Spool) -> None:
+    with spool.transaction() as db:
+        for i in range(5):
+            spool.enqueue(db, Outgoing("result", b"{}", f"m{i}"))
+    sent: list[str] = []
+    fail_once = threading.Event()
+
+    def send(message: Outgoing) -> None:
+        if message.message_id == "m2" and not fail_once.is_set():
+            fail_once.set()
+            raise ConnectionError("link down")
+        sent.append(message.message_id)
+
+    forwarder = Forwarder(spool, send, retry_initial_s=0.01)
+    forwarder.start()
+    assert forwarder.drain(5)
+    forwarder.stop()
+    assert sent == ["m0", "m1", "m2", "m3", "m4"]
+    assert forwarder.state.last_error == "ConnectionError: link down"
+    assert spool.counters()["sent"] == 5
