@@ -1,0 +1,104 @@
+"""The relay as a real process against a real broker and the real SDK."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.edge.conftest import EdgeDevice
+from tests.edge.harness import wait_for
+
+
+def relay_settings(device: EdgeDevice, **extra: str) -> dict[str, str]:
+    return {
+        "RELAY_SPOOL_PATH": str(device.folder / "spool" / "relay.db"),
+        "RELAY_CONNECTION_RETRY_S": "1",
+        "RELAY_RETRY_INITIAL_S": "0.1",
+        "RELAY_RETRY_MAX_S": "1",
+        "RELAY_REPORT_INTERVAL_S": "1",
+        **extra,
+    }
+
+
+def result(label: str, probability: float, rid: str | None = None) -> bytes:
+    return json.dumps(
+        {
+            "id": rid or str(uuid.uuid4()),
+            "created": "2026-11-25T10:00:00.000Z",
+            "model": {"name": "m", "version": "1", "kind": "classification"},
+            "predictions": [{"probability": probability, "tagId": 0, "tagName": label}],
+        }
+    ).encode()
+
+
+def test_alert_reaches_upstream_with_properties(device: EdgeDevice) -> None:
+    device.hub.set_desired("relay", {"alerts": [{"label": "fire", "minProbability": 0.8}]})
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    device.hub.inject("relay", "results", result("fire", 0.93), "m-1")
+    (alert,) = wait_for(lambda: device.hub.upstream_of("alert"), 20, "the alert")
+    props = alert["properties"]
+    assert props["type"] == "alert" and props["label"] == "fire"
+    assert props["$.ct"] == "application/json" and props["$.ce"] == "utf-8"
+    assert props["$.mid"]
+    assert json.loads(alert["payload"])["matches"][0]["probability"] == 0.93
+
+
+def test_twin_policy_changes_apply_live_and_bad_types_are_rejected(device: EdgeDevice) -> None:
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    device.hub.inject("relay", "results", result("smoke", 0.95), "before")
+    wait_for(lambda: device.hub.call("relay", "getStats", {})[1]["results"] == 1, 20, "result 1")
+    assert device.hub.upstream_of("alert") == []
+
+    device.hub.set_desired("relay", {"alerts": [{"label": "smoke", "minProbability": 0.9}]})
+    wait_for(lambda: device.hub.reported["relay"].get("policy", {}).get("alerts"), 20,
+             "the new policy in reported properties")
+    device.hub.inject("relay", "results", result("smoke", 0.95), "after")
+    wait_for(lambda: device.hub.upstream_of("alert"), 20, "an alert under the new policy")
+
+    device.hub.set_desired("relay", {"minProbability": "high", "maxMessagesPerMinute": 7})
+    wait_for(lambda: device.hub.reported["relay"].get("policyErrors"), 20, "the rejection")
+    reported = device.hub.reported["relay"]
+    assert "minProbability" in reported["policyErrors"]
+    assert reported["policy"]["minProbability"] == 0.5
+    assert reported["policy"]["maxMessagesPerMinute"] == 7
+
+
+def test_methods_get_stats_flush_and_unknown(device: EdgeDevice) -> None:
+    device.hub.set_desired("relay", {"summaryWindowSeconds": 3600, "maxMessagesPerMinute": 0})
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    for i in range(5):
+        device.hub.inject("relay", "results", result("cat", 0.5 + i / 10), f"m{i}")
+    wait_for(lambda: device.hub.call("relay", "getStats", {})[1]["results"] == 5, 20, "5 results")
+    status, flushed = device.hub.call("relay", "flush", {"timeoutSeconds": 10})
+    assert status == 200 and flushed["flushed"] is True and flushed["queued"] == 0
+    (summary,) = device.hub.upstream_of("summary")
+    body = json.loads(summary["payload"])
+    assert body["frames"] == 5 and body["labels"]["cat"]["frames"] == 5
+    assert body["labels"]["cat"]["maxProbability"] == 0.9
+    status, answer = device.hub.call("relay", "reboot", {})
+    assert status == 404 and "getStats" in answer["error"]
+
+
+def test_sigterm_keeps_what_it_could_not_send_and_sends_it_after_restart(
+    device: EdgeDevice,
+) -> None:
+    device.hub.set_desired("relay", {"summaryWindowSeconds": 2, "maxMessagesPerMinute": 0})
+    settings = relay_settings(device, RELAY_GRACEFUL_TIMEOUT_S="2")
+    relay = device.module("relay", **settings)
+    device.wait_connected("relay")
+    for i in range(3):
+        device.hub.inject("relay", "results", result("dog", 0.7), f"m{i}")
+    wait_for(lambda: device.hub.call("relay", "getStats", {})[1]["results"] == 3, 20, "results")
+    device.brokers["relay"].stop()
+    wait_for(lambda: "send failed" in relay.log, 20, "the summary to fail to send")
+    assert relay.stop() == 0
+    assert "1 messages stay spooled" in relay.log
+    assert device.hub.upstream_of("summary") == []
+
+    device.brokers["relay"].start()
+    device.module("relay", **settings)
+    (summary,) = wait_for(lambda: device.hub.upstream_of("summary"), 30, "the kept summary")
+    assert json.loads(summary["payload"])["frames"] == 3
