@@ -39,8 +39,12 @@ class ModuleProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module], cwd=REPO, env=self.env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", self.module],
+            cwd=REPO,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
 
@@ -108,8 +112,11 @@ class EdgeDevice:
 
     def wait_connected(self, name: str, timeout: float = 30) -> None:
         """A module is connected once it reported properties (so it subscribed first)."""
-        wait_for(lambda: self.hub.reported[name], timeout,
-                 f"{name} to connect and report\n{self.modules[name].log}")
+        wait_for(
+            lambda: self.hub.reported[name],
+            timeout,
+            f"{name} to connect and report\n{self.modules[name].log}",
+        )
 
     def close(self) -> None:
         for process in self.modules.values():

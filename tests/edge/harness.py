@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -60,7 +61,9 @@ def make_certificates(folder: Path, addresses: list[str]) -> tuple[Path, Path, P
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test CA")])
     ca = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
@@ -71,12 +74,15 @@ def make_certificates(folder: Path, addresses: list[str]) -> tuple[Path, Path, P
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, addresses[0])]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+            ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -105,9 +111,12 @@ class Broker:
         ca, cert, key = certificates
         lines = [
             f"listener 8883 {address}",
-            f"cafile {ca}", f"certfile {cert}", f"keyfile {key}",
+            f"cafile {ca}",
+            f"certfile {cert}",
+            f"keyfile {key}",
             "allow_anonymous true",
-            "persistence true", f"persistence_location {folder / 'data'}/",
+            "persistence true",
+            f"persistence_location {folder / 'data'}/",
             "autosave_interval 1",
             "max_queued_messages 100000",
             f"log_dest file {folder / 'mosquitto.log'}",
@@ -161,13 +170,13 @@ class WorkloadApi:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if urllib.parse.urlsplit(self.path).path == "/trust-bundle":
                     self._reply(200, {"certificate": ca_pem})
                 else:
                     self._reply(404, {"message": "not found"})
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 match = re.match(r"/modules/([^/]+)/genid/[^/]+/sign", self.path)
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length) or b"{}")
@@ -196,7 +205,8 @@ class WorkloadApi:
 def module_environment(module: str, broker: Broker, workload: WorkloadApi) -> dict[str, str]:
     """The IOTEDGE_* variables IoT Edge gives a module, nothing inherited that could leak."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("IOTEDGE_", "SCORER_", "RELAY_")) and k != "EdgeHubConnectionString"
     }
     env.update(
@@ -223,14 +233,14 @@ def parse_routes(template: dict[str, Any]) -> list[tuple[str, str, str]]:
     for value in routes.values():
         text = value["route"] if isinstance(value, dict) else value
         match = re.fullmatch(
-            r'\s*FROM\s+/messages/modules/(\w+)/outputs/(\w+)\s+INTO\s+'
+            r"\s*FROM\s+/messages/modules/(\w+)/outputs/(\w+)\s+INTO\s+"
             r'(\$upstream|BrokeredEndpoint\("/modules/(\w+)/inputs/(\w+)"\))\s*',
             text,
         )
         if not match:
             raise AssertionError(f"route the test router cannot play: {text}")
-        destination = "$upstream" if match.group(3) == "$upstream" else (
-            f"{match.group(4)}/{match.group(5)}"
+        destination = (
+            "$upstream" if match.group(3) == "$upstream" else (f"{match.group(4)}/{match.group(5)}")
         )
         parsed.append((match.group(1), match.group(2), destination))
     return parsed
@@ -239,8 +249,13 @@ def parse_routes(template: dict[str, Any]) -> list[tuple[str, str, str]]:
 class HubSide:
     """IoT Hub and edgeHub's router, as one MQTT client per module broker."""
 
-    def __init__(self, brokers: dict[str, Broker], ca: Path, routes: list[tuple[str, str, str]],
-                 desired: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        brokers: dict[str, Broker],
+        ca: Path,
+        routes: list[tuple[str, str, str]],
+        desired: dict[str, dict[str, Any]],
+    ) -> None:
         self.brokers = brokers
         self.routes = routes
         self.lock = threading.Lock()
@@ -279,8 +294,10 @@ class HubSide:
             if topic.startswith("$iothub/twin/GET/"):
                 rid = _properties(topic.split("?", 1)[1])["$rid"]
                 with self.lock:
-                    twin = {"desired": self.desired.get(module, {"$version": 1}),
-                            "reported": {**self.reported[module], "$version": 1}}
+                    twin = {
+                        "desired": self.desired.get(module, {"$version": 1}),
+                        "reported": {**self.reported[module], "$version": 1},
+                    }
                 client.publish(f"$iothub/twin/res/200/?$rid={rid}", json.dumps(twin), qos=1)
             elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
                 rid = _properties(topic.split("?", 1)[1])["$rid"]
@@ -312,7 +329,8 @@ class HubSide:
                 query = urllib.parse.urlencode(forwarded)
                 self.clients[target].publish(
                     f"devices/{DEVICE}/modules/{target}/inputs/{input_name}/{query}",
-                    payload, qos=1,
+                    payload,
+                    qos=1,
                 )
 
     def inject(self, module: str, input_name: str, payload: bytes, message_id: str) -> None:
@@ -328,10 +346,8 @@ class HubSide:
             if client.is_connected():
                 info = client.publish(topic, payload, qos=1)
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                    try:
+                    with contextlib.suppress(RuntimeError, ValueError):  # lost connection
                         info.wait_for_publish(5)
-                    except (RuntimeError, ValueError):
-                        pass
                     if info.is_published():
                         return
             time.sleep(0.05)
@@ -345,14 +361,16 @@ class HubSide:
             self.desired[module]["$version"] = version
         self.clients[module].publish(
             f"$iothub/twin/PATCH/properties/desired/?$version={version}",
-            json.dumps({**patch, "$version": version}), qos=1,
+            json.dumps({**patch, "$version": version}),
+            qos=1,
         )
 
     def call(self, module: str, name: str, payload: Any, timeout: float = 30) -> tuple[int, Any]:
         """Invoke a direct method and wait for its answer."""
         rid = uuid.uuid4().hex[:8]
-        self.clients[module].publish(f"$iothub/methods/POST/{name}/?$rid={rid}",
-                                     json.dumps(payload), qos=1)
+        self.clients[module].publish(
+            f"$iothub/methods/POST/{name}/?$rid={rid}", json.dumps(payload), qos=1
+        )
         return wait_for(lambda: self.method_replies.get(rid), timeout, f"method {name}")
 
     def upstream_of(self, kind: str) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ def relay_settings(device: EdgeDevice, **extra: str) -> dict[str, str]:
         "RELAY_RETRY_INITIAL_S": "0.1",
         "RELAY_RETRY_MAX_S": "1",
         "RELAY_REPORT_INTERVAL_S": "1",
+        "RELAY_SEND_TIMEOUT_S": "3",
+        "RELAY_CALL_TIMEOUT_S": "3",
+        "RELAY_RECREATE_AFTER_S": "2",
         **extra,
     }
 
@@ -52,8 +55,11 @@ def test_twin_policy_changes_apply_live_and_bad_types_are_rejected(device: EdgeD
     assert device.hub.upstream_of("alert") == []
 
     device.hub.set_desired("relay", {"alerts": [{"label": "smoke", "minProbability": 0.9}]})
-    wait_for(lambda: device.hub.reported["relay"].get("policy", {}).get("alerts"), 20,
-             "the new policy in reported properties")
+    wait_for(
+        lambda: device.hub.reported["relay"].get("policy", {}).get("alerts"),
+        20,
+        "the new policy in reported properties",
+    )
     device.hub.inject("relay", "results", result("smoke", 0.95), "after")
     wait_for(lambda: device.hub.upstream_of("alert"), 20, "an alert under the new policy")
 

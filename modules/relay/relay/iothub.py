@@ -1,8 +1,12 @@
 """The relay's link to edgeHub: the only file importing `azure.iot.device`.
 
 The SDK's calls can block without end (a send in flight across a dropped link, `get_twin`,
-reported patches while connected), so each runs in a worker thread with a timeout; when the
-link stays broken past `recreate_after_s` the client is shut down and created afresh.
+reported patches while connected), so each runs in a worker thread with a timeout. Worse, the
+SDK's MQTT library (paho-mqtt 1.6) lets an `ssl.SSLEOFError` kill its network thread when the
+broker goes away mid-write: the client then never notices the disconnect, never reconnects and
+never receives again. So every failed or timed-out call counts against the link, and when it
+stays broken past `recreate_after_s` the client is shut down and created afresh (the periodic
+twin report doubles as the heartbeat when nothing else is sent).
 """
 
 from __future__ import annotations
@@ -88,23 +92,28 @@ class HubLink:
         self._calls: concurrent.futures.ThreadPoolExecutor | None = None
         self._broken_since: float | None = None
         self._lock = threading.Lock()
+        self._recreating = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
         """Create the client from the IoT Edge environment, set handlers, connect."""
         with self._lock:
-            client = IoTHubModuleClient.create_from_edge_environment(
-                connection_retry_interval=self.connection_retry_s
-            )
-            client.on_message_received = self._message
-            client.on_twin_desired_properties_patch_received = self.on_desired
-            client.on_method_request_received = self._method
-            _install_durable_receipt(client, self.keep_input)
-            self._client = client
             self._calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sdk")
-        self._call(client.connect, self.call_timeout_s)
+        self._call(self._create_and_connect, self.call_timeout_s)
         log.info("connected to edgeHub")
+
+    def _create_and_connect(self) -> None:
+        client = IoTHubModuleClient.create_from_edge_environment(
+            connection_retry_interval=self.connection_retry_s
+        )
+        # Before the handlers: setting them subscribes, and inputs may arrive at once.
+        _install_durable_receipt(client, self.keep_input)
+        client.on_message_received = self._message
+        client.on_twin_desired_properties_patch_received = self.on_desired
+        client.on_method_request_received = self._method
+        client.connect()
+        self._client = client
 
     def close(self) -> None:
         """Shut the client down without waiting forever for a hung SDK."""
@@ -119,36 +128,55 @@ class HubLink:
             calls.shutdown(wait=False, cancel_futures=True)
 
     def _recreate_if_stuck(self) -> None:
+        """Count a failure; past `recreate_after_s` of failures, replace the client."""
         if self._broken_since is None:
             self._broken_since = time.monotonic()
-        elif time.monotonic() - self._broken_since > self.recreate_after_s:
-            log.warning(
-                "edgeHub link broken for %.0f s: recreating the client",
-                time.monotonic() - self._broken_since,
-            )
-            self._broken_since = None
+            return
+        broken_for = time.monotonic() - self._broken_since
+        if broken_for <= self.recreate_after_s or not self._recreating.acquire(blocking=False):
+            return
+        try:
+            log.warning("edgeHub link broken for %.0f s: recreating the client", broken_for)
             self.close()
             self.open()
+            self._broken_since = None
+        finally:
+            self._recreating.release()
 
     def _call(self, function: Callable[..., Any], timeout: float, *args: Any) -> Any:
+        """Run an SDK call with a time limit; every failure counts against the link."""
         calls = self._calls
         if calls is None:
-            raise ConnectionError("no client")
+            self._recreate_if_stuck()
+            raise ConnectionError("not connected")
         future = calls.submit(function, *args)
         try:
             result = future.result(timeout)
         except concurrent.futures.TimeoutError:
+            self._recreate_if_stuck()
             raise CallTimeout(f"{function.__name__} took longer than {timeout:g} s") from None
+        except Exception:
+            self._recreate_if_stuck()
+            raise
+        self._broken_since = None
         return result
+
+    def _sdk(self, name: str) -> Callable[..., Any]:
+        """A method of the current client, looked up when the call runs (it may be replaced)."""
+
+        def call(*args: Any) -> Any:
+            client = self._client
+            if client is None:
+                raise ConnectionError("not connected")
+            return getattr(client, name)(*args)
+
+        call.__name__ = name
+        return call
 
     # --- what the relay calls -----------------------------------------------------------------
 
     def send(self, message: Outgoing) -> None:
         """Send to the output; raises on failure so the message stays spooled."""
-        client = self._client
-        if client is None:
-            self._recreate_if_stuck()
-            raise ConnectionError("not connected")
         sdk_message = Message(
             message.body,
             message_id=message.message_id,
@@ -156,27 +184,15 @@ class HubLink:
             content_type="application/json",
         )
         sdk_message.custom_properties.update(message.properties)
-        try:
-            self._call(
-                client.send_message_to_output, self.send_timeout_s, sdk_message, self.output_name
-            )
-        except Exception:
-            self._recreate_if_stuck()
-            raise
-        self._broken_since = None
+        send = self._sdk("send_message_to_output")
+        self._call(send, self.send_timeout_s, sdk_message, self.output_name)
 
     def desired(self) -> dict[str, Any]:
         """The whole desired section of the twin."""
-        client = self._client
-        if client is None:
-            raise ConnectionError("not connected")
-        return self._call(client.get_twin, self.call_timeout_s).get("desired", {})
+        return self._call(self._sdk("get_twin"), self.call_timeout_s).get("desired", {})
 
     def report(self, patch: dict[str, Any]) -> None:
-        client = self._client
-        if client is None:
-            raise ConnectionError("not connected")
-        self._call(client.patch_twin_reported_properties, self.call_timeout_s, patch)
+        self._call(self._sdk("patch_twin_reported_properties"), self.call_timeout_s, patch)
 
     # --- SDK handlers -------------------------------------------------------------------------
 
@@ -189,7 +205,5 @@ class HubLink:
 
     def _method(self, request: Any) -> None:
         status, payload = self.on_method(request.name, request.payload)
-        client = self._client
-        if client is not None:
-            response = MethodResponse.create_from_method_request(request, status, payload)
-            self._call(client.send_method_response, self.call_timeout_s, response)
+        response = MethodResponse.create_from_method_request(request, status, payload)
+        self._call(self._sdk("send_method_response"), self.call_timeout_s, response)

@@ -124,15 +124,19 @@ class EdgePublisher:
             raise TimeoutError(f"{function.__name__} took over {self.call_timeout_s:g} s") from None
 
     def _open(self) -> None:
-        client = IoTHubModuleClient.create_from_edge_environment(
-            connection_retry_interval=self.connection_retry_s
-        )
-        client.on_twin_desired_properties_patch_received = self._on_desired
-        client.on_method_request_received = self._on_method
-        self._client = client
         self._calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="edge-sdk")
-        self._call(client.connect)
-        self._apply_desired(self._call(client.get_twin).get("desired", {}))
+
+        def create_and_connect() -> IoTHubModuleClient:
+            client = IoTHubModuleClient.create_from_edge_environment(
+                connection_retry_interval=self.connection_retry_s
+            )
+            client.on_twin_desired_properties_patch_received = self._on_desired
+            client.on_method_request_received = self._on_method
+            client.connect()
+            return client
+
+        self._client = self._call(create_and_connect)
+        self._apply_desired(self._call(self._client.get_twin).get("desired", {}))
         self.connected = True
         log.info("connected to edgeHub; publishing results to output %r", self.output)
 
@@ -192,7 +196,17 @@ class EdgePublisher:
                 delay = min(delay * 2, 30.0)
                 continue
             if self._client is not None and time.monotonic() - last_report > self.report_interval_s:
-                self._report()
+                # Doubles as the heartbeat: paho-mqtt 1.6 can lose its network thread to an
+                # SSLEOFError and never notice; a report that fails counts like a failed send.
+                if not self._report():
+                    self.connected = False
+                    broken_since = broken_since or time.monotonic()
+                    if time.monotonic() - broken_since > self.recreate_after_s:
+                        log.warning("edgeHub link broken: recreating the client")
+                        self._close()
+                        broken_since = None
+                else:
+                    broken_since = None
                 last_report = time.monotonic()
 
     # --- twin and methods ------------------------------------------------------------------------
@@ -252,13 +266,16 @@ class EdgePublisher:
             },
         }
 
-    def _report(self) -> None:
+    def _report(self) -> bool:
+        """Send reported properties; False when the link failed them."""
         try:
             if self._client is not None:
                 patch = {**self.status(), "desiredErrors": self.desired_errors or None}
                 self._call(self._client.patch_twin_reported_properties, patch)
         except Exception as error:  # noqa: BLE001 - best effort; the next report retries
             log.warning("reported properties not sent: %s", error)
+            return False
+        return True
 
     def _on_method(self, request: Any) -> None:
         if request.name == "getStatus":
