@@ -1,0 +1,144 @@
+"""JPEGs POSTed to the scorer come out at $upstream as alerts and summaries, exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import requests
+
+from tests.edge.conftest import EdgeDevice, ModuleProcess
+from tests.edge.harness import wait_for
+from tests.edge.test_relay_edge import relay_settings
+
+
+def start_scorer(device: EdgeDevice, demo_dir: Path) -> tuple[ModuleProcess, str]:
+    scorer = device.module(
+        "scorer",
+        SCORER_MODEL_DIR=str(demo_dir / "models" / "colors"),
+        SCORER_CACHE_DIR=str(device.folder / "cache"),
+        SCORER_HOST="127.0.0.1",
+        SCORER_HTTP_PORT="0",
+        SCORER_GRPC_PORT="0",
+        SCORER_EDGE_CONNECTION_RETRY_S="1",
+        SCORER_EDGE_REPORT_INTERVAL_S="1",
+    )
+    port = wait_for(
+        lambda: next(
+            (
+                m.group(1)
+                for line in scorer.lines
+                if (m := re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", line))
+            ),
+            None,
+        ),
+        30,
+        f"the scorer to listen\n{scorer.log}",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(url + "/readyz").status_code == 200, 30, "scorer ready")
+    device.wait_connected("scorer")
+    return scorer, url
+
+
+def test_scored_results_reach_upstream_as_alerts_and_summaries(
+    device: EdgeDevice, demo_dir: Path
+) -> None:
+    device.hub.set_desired(
+        "relay",
+        {
+            "alerts": [{"label": "red", "minProbability": 0.9}],
+            "summaryWindowSeconds": 3600,
+            "maxMessagesPerMinute": 0,
+        },
+    )
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    _, url = start_scorer(device, demo_dir)
+
+    images = [demo_dir / "images" / f"{c}.jpg" for c in ("red", "green", "blue", "red", "squares")]
+    results = []
+    for i in range(30):
+        image = images[i % len(images)].read_bytes()
+        response = requests.post(url + "/score", data=image, headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 200
+        results.append(response.json())
+
+    wait_for(
+        lambda: device.hub.call("relay", "getStats", {})[1]["results"] == len(results),
+        30,
+        "every result at the relay",
+    )
+    status, flushed = device.hub.call("relay", "flush", {"timeoutSeconds": 10})
+    assert status == 200 and flushed["flushed"]
+
+    expected_alerts = {
+        r["id"]: [
+            p["probability"]
+            for p in r["predictions"]
+            if p["tagName"] == "red" and p["probability"] >= 0.9
+        ]
+        for r in results
+    }
+    expected_alerts = {k: v for k, v in expected_alerts.items() if v}
+    alerts = {}
+    for message in device.hub.upstream_of("alert"):
+        body = json.loads(message["payload"])
+        alerts[body["resultId"]] = [m["probability"] for m in body["matches"]]
+    assert alerts == expected_alerts
+
+    (summary,) = device.hub.upstream_of("summary")
+    body = json.loads(summary["payload"])
+    assert body["frames"] == len(results)
+    expected: dict[str, dict] = {}
+    for r in results:
+        kept = [p for p in r["predictions"] if p["probability"] >= 0.5]
+        for label in {p["tagName"] for p in kept}:
+            mine = [p["probability"] for p in kept if p["tagName"] == label]
+            stats = expected.setdefault(label, {"frames": 0, "detections": 0, "max": 0.0})
+            stats["frames"] += 1
+            stats["detections"] += len(mine)
+            stats["max"] = max(stats["max"], *mine)
+    got = {
+        label: {"frames": s["frames"], "detections": s["detections"], "max": s["maxProbability"]}
+        for label, s in body["labels"].items()
+    }
+    assert got == expected
+
+
+def test_scorer_twin_and_get_status(device: EdgeDevice, demo_dir: Path) -> None:
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    _, url = start_scorer(device, demo_dir)
+    image = (demo_dir / "images" / "green.jpg").read_bytes()
+
+    def score() -> list[dict]:
+        response = requests.post(url + "/score", data=image, headers={"Content-Type": "image/jpeg"})
+        return response.json()["predictions"]
+
+    assert len(score()) == 3
+    device.hub.set_desired("scorer", {"threshold": 0.5, "maxPredictions": "two"})
+    wait_for(lambda: len(score()) == 1, 20, "the desired threshold to apply")
+    wait_for(lambda: device.hub.reported["scorer"].get("desiredErrors"), 20, "the rejection")
+    reported = device.hub.reported["scorer"]
+    assert "maxPredictions" in reported["desiredErrors"]
+    assert reported["defaults"]["maxPredictions"] == 0
+
+    status, answer = device.hub.call("scorer", "getStatus", {})
+    assert status == 200
+    assert answer["providers"] == ["CPUExecutionProvider"]
+    assert answer["model"]["name"] == "colors"
+    assert answer["requests"]["OK"] >= 2
+    assert answer["publisher"]["sent"] >= 1
+
+    sent_before = device.hub.call("relay", "getStats", {})[1]["results"]
+    device.hub.set_desired("scorer", {"publishResults": False})
+    wait_for(
+        lambda: device.hub.reported["scorer"]["defaults"]["publishResults"] is False,
+        20,
+        "publishing off",
+    )
+    score()
+    status, stats = device.hub.call("relay", "flush", {"timeoutSeconds": 5})
+    assert stats["results"] == sent_before
