@@ -132,6 +132,7 @@ class RelayModule:
         self.report()
         last_report = time.monotonic()
         while not self.stopping.wait(1.0):
+            self.settings.heartbeat_path.touch()
             self.relay.close_window()
             if time.monotonic() - last_report >= self.settings.report_interval_s:
                 self.report()

@@ -44,6 +44,7 @@ class Settings:
     retry_max_s: float = 30.0
     report_interval_s: float = 30.0
     graceful_timeout_s: float = 10.0
+    heartbeat_path: Path = Path("/tmp/relay-heartbeat")  # touched every second; HEALTHCHECK
     log_level: str = "INFO"
 
     @classmethod

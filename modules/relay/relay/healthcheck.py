@@ -1,0 +1,28 @@
+"""Container health check: exit 0 when the relay's main loop beat recently. Stdlib only."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_HEARTBEAT = "/tmp/relay-heartbeat"
+STALE_AFTER_S = 60.0
+
+
+def main() -> int:
+    path = Path(os.environ.get("RELAY_HEARTBEAT_PATH") or DEFAULT_HEARTBEAT)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError as error:
+        print(f"unhealthy: no heartbeat ({error})", file=sys.stderr)
+        return 1
+    if age > STALE_AFTER_S:
+        print(f"unhealthy: last heartbeat {age:.0f} s ago", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""The edge device fixture, for replaying the relay image against a real broker."""
+
+from tests.edge.conftest import device, mosquitto_available  # noqa: F401 - fixtures
