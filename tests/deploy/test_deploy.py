@@ -1,0 +1,317 @@
+"""scripts/deploy against a local HTTPS stand-in for IoT Hub's REST API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.edge.harness import make_certificates
+from tests.schemas import errors
+
+KEY = base64.b64encode(b"test-shared-access-key-0123456789").decode()
+DEVICE = "jetson-01"
+
+
+class HubStub:
+    """Records every request; answers like IoT Hub, or with `fail_with` when set."""
+
+    def __init__(self, folder: Path) -> None:
+        ca, cert, key = make_certificates(folder, ["127.0.0.1"])
+        self.ca = ca
+        self.requests: list[dict[str, Any]] = []
+        self.fail_with: int | None = None
+        self.agent_twin: dict[str, Any] = {}
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                url = urllib.parse.urlsplit(self.path)
+                stub.requests.append(
+                    {
+                        "method": self.command,
+                        "path": urllib.parse.unquote(url.path),
+                        "query": urllib.parse.parse_qs(url.query),
+                        "authorization": self.headers.get("Authorization", ""),
+                        "body": body,
+                    }
+                )
+                status, answer = stub.answer(self.command, urllib.parse.unquote(url.path), body)
+                data = json.dumps(answer).encode() if answer is not None else b""
+                self.send_response(status)
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_PATCH = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if self.fail_with:
+            return self.fail_with, {"Message": f"ErrorCode:Simulated;{self.fail_with}"}
+        if path.endswith("/applyConfigurationContent"):
+            return 204, None  # as IoT Hub answers it
+        if path.startswith("/configurations/"):
+            return 200, body
+        if path.endswith("/modules/$edgeAgent"):
+            return 200, self.agent_twin
+        if path.endswith("/methods"):
+            return 200, {"status": 200, "payload": {"queued": 0, "method": body["methodName"]}}
+        if method == "PATCH":
+            return 200, {"deviceId": DEVICE, "properties": body.get("properties", {})}
+        return 404, {"Message": "no such route in the stub"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubStub]:
+    stub = HubStub(tmp_path)
+    yield stub
+    stub.close()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("config")
+    env = {**os.environ, "CONTAINER_REGISTRY_PASSWORD": "secret"}
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "genconfig"),
+            "--env",
+            str(REPO / ".env.example"),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    return out / "deployment.arm64v8.json"
+
+
+def deploy(hub: HubStub, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "IOTHUB_CONNECTION_STRING"}
+    env.update(
+        IOTHUB_CONNECTION_STRING=(
+            f"HostName={hub.host};SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
+        ),
+        REQUESTS_CA_BUNDLE=str(hub.ca),
+    )
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "deploy"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def assert_valid_sas(request: dict[str, Any], host: str) -> None:
+    scheme, _, token = request["authorization"].partition(" ")
+    assert scheme == "SharedAccessSignature"
+    fields = {k: v[0] for k, v in urllib.parse.parse_qs(token).items()}
+    assert fields["skn"] == "iothubowner"
+    assert urllib.parse.unquote(fields["sr"]).lower() == host.lower()
+    assert int(fields["se"]) > time.time()
+    signed = (urllib.parse.quote(fields["sr"], safe="") + "\n" + fields["se"]).encode()
+    expected = base64.b64encode(hmac.new(base64.b64decode(KEY), signed, hashlib.sha256).digest())
+    assert fields["sig"] == expected.decode()
+
+
+def test_device_deploy_posts_the_manifest(hub: HubStub, manifest: Path) -> None:
+    result = deploy(hub, "device", DEVICE, "--manifest", str(manifest))
+    assert result.returncode == 0, result.stderr
+    (request,) = hub.requests
+    assert request["method"] == "POST"
+    assert request["path"] == f"/devices/{DEVICE}/applyConfigurationContent"
+    assert request["query"]["api-version"]
+    assert_valid_sas(request, hub.host)
+    assert request["body"]["modulesContent"] == json.loads(manifest.read_text())["modulesContent"]
+    assert (
+        errors(
+            "azure-iot-edge-deployment-2.0.json",
+            {"modulesContent": request["body"]["modulesContent"]},
+        )
+        == []
+    )
+
+
+def test_fleet_deploy_creates_a_configuration_with_metrics(hub: HubStub, manifest: Path) -> None:
+    result = deploy(
+        hub,
+        "fleet",
+        "scorer-v1",
+        "--target-condition",
+        "tags.site='plant-1'",
+        "--priority",
+        "10",
+        "--manifest",
+        str(manifest),
+    )
+    assert result.returncode == 0, result.stderr
+    (request,) = hub.requests
+    assert (request["method"], request["path"]) == ("PUT", "/configurations/scorer-v1")
+    assert_valid_sas(request, hub.host)
+    body = request["body"]
+    assert body["targetCondition"] == "tags.site='plant-1'" and body["priority"] == 10
+    assert (
+        errors(
+            "azure-iot-edge-deployment-2.0.json",
+            {"modulesContent": body["content"]["modulesContent"]},
+        )
+        == []
+    )
+    assert set(body["metrics"]["queries"]) == {"reportedSuccessfulCount", "reportedFailedCount"}
+    assert "[[scorer-v1]]" in body["metrics"]["queries"]["reportedSuccessfulCount"]
+
+
+def test_layered_deploy_owns_only_its_paths(hub: HubStub, manifest: Path) -> None:
+    result = deploy(
+        hub,
+        "fleet",
+        "scorer-layer",
+        "--target-condition",
+        "tags.gpu=true",
+        "--priority",
+        "20",
+        "--layered",
+        "--manifest",
+        str(manifest),
+    )
+    assert result.returncode == 0, result.stderr
+    content = hub.requests[0]["body"]["content"]["modulesContent"]
+    assert set(content["$edgeAgent"]) == {
+        "properties.desired.modules.scorer",
+        "properties.desired.modules.relay",
+    }
+    assert "properties.desired.routes.scorerToRelay" in content["$edgeHub"]
+    assert content["relay"]["properties.desired.summaryWindowSeconds"] == 60
+
+
+def _agent_twin(manifest: Path, running: bool, code: int = 200) -> dict[str, Any]:
+    desired = json.loads(manifest.read_text())["modulesContent"]["$edgeAgent"]["properties.desired"]
+    modules = {
+        name: {
+            "runtimeStatus": "running" if running else "backoff",
+            "settings": {"image": module["settings"]["image"]},
+            "restartCount": 0 if running else 5,
+            "exitCode": 0 if running else 1,
+        }
+        for group in ("systemModules", "modules")
+        for name, module in desired[group].items()
+    }
+    return {
+        "deviceId": DEVICE,
+        "moduleId": "$edgeAgent",
+        "properties": {
+            "desired": {**desired, "$version": 7},
+            "reported": {
+                "lastDesiredVersion": 7,
+                "lastDesiredStatus": {"code": code, "description": ""},
+                "systemModules": {
+                    k: v for k, v in modules.items() if k in ("edgeAgent", "edgeHub")
+                },
+                "modules": {k: v for k, v in modules.items() if k not in ("edgeAgent", "edgeHub")},
+            },
+        },
+    }
+
+
+def test_status_reports_convergence(hub: HubStub, manifest: Path) -> None:
+    hub.agent_twin = _agent_twin(manifest, running=True)
+    result = deploy(hub, "status", DEVICE, "--timeout", "5", "--interval", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "scorer: running, image as desired" in result.stdout
+    assert "rollout complete" in result.stdout
+    assert hub.requests[0]["path"] == f"/twins/{DEVICE}/modules/$edgeAgent"
+
+
+def test_status_fails_on_a_crash_looping_module(hub: HubStub, manifest: Path) -> None:
+    hub.agent_twin = _agent_twin(manifest, running=False)
+    result = deploy(hub, "status", DEVICE, "--timeout", "5", "--interval", "0.1")
+    assert result.returncode == 1 and "rollout failed" in result.stderr
+    assert "scorer: backoff" in result.stdout and "restarts 5" in result.stdout
+
+
+def test_twin_sets_desired_properties(hub: HubStub) -> None:
+    result = deploy(hub, "twin", DEVICE, "relay", "minProbability=0.7", 'labels=["defect"]')
+    assert result.returncode == 0, result.stderr
+    (request,) = hub.requests
+    assert (request["method"], request["path"]) == ("PATCH", f"/twins/{DEVICE}/modules/relay")
+    assert request["body"]["properties"]["desired"] == {"minProbability": 0.7, "labels": ["defect"]}
+
+
+def test_call_invokes_a_direct_method(hub: HubStub) -> None:
+    result = deploy(hub, "call", DEVICE, "relay", "flush", '{"timeoutSeconds": 5}')
+    assert result.returncode == 0, result.stderr
+    (request,) = hub.requests
+    assert (request["method"], request["path"]) == (
+        "POST",
+        f"/twins/{DEVICE}/modules/relay/methods",
+    )
+    assert request["body"]["methodName"] == "flush"
+    assert request["body"]["payload"] == {"timeoutSeconds": 5}
+    assert json.loads(result.stdout)["payload"]["method"] == "flush"
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (401, "refused the credentials"),
+        (404, f"not found on IoT Hub: device {DEVICE}"),
+        (409, "already exists"),
+        (429, "throttling"),
+    ],
+)
+def test_hub_errors_become_one_clear_line(
+    hub: HubStub, manifest: Path, status: int, message: str
+) -> None:
+    hub.fail_with = status
+    result = deploy(hub, "device", DEVICE, "--manifest", str(manifest))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_connection_string_only_from_the_environment(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "IOTHUB_CONNECTION_STRING"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "deploy"), "status", DEVICE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "IOTHUB_CONNECTION_STRING is not set" in result.stderr
