@@ -12,6 +12,25 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.scorer_process import ScorerProcess, scorer_env
 
+MAX_BODY = 1_000_000
+MAX_PIXELS = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def colors(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScorerProcess]:
+    """One scorer on the demo colour model with small body and pixel limits, per module."""
+    process = ScorerProcess(
+        scorer_env(
+            demo_dir / "models" / "colors",
+            tmp_path_factory.mktemp("colors"),
+            MAX_BODY_BYTES=str(MAX_BODY),
+            MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+        )
+    )
+    process.wait_ready()
+    yield process
+    process.stop()
+
 
 @pytest.fixture
 def start_scorer(

@@ -20,25 +20,8 @@ from scorer.client import GrpcClient, HttpClient, ScoringFailed
 from scorer.generated import scoring_pb2
 
 from tests.conftest import SHARED_IMAGES, shared_model_dirs
-from tests.scorer_process import ScorerProcess, scorer_env
-
-MAX_BODY = 1_000_000
-MAX_PIXELS = 2_000_000
-
-
-@pytest.fixture(scope="module")
-def colors(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScorerProcess]:
-    process = ScorerProcess(
-        scorer_env(
-            demo_dir / "models" / "colors",
-            tmp_path_factory.mktemp("c"),
-            MAX_BODY_BYTES=str(MAX_BODY),
-            MAX_IMAGE_PIXELS=str(MAX_PIXELS),
-        )
-    )
-    process.wait_ready()
-    yield process
-    process.stop()
+from tests.integration.conftest import MAX_BODY
+from tests.scorer_process import ScorerProcess
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import http.server
 import io
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,25 +15,8 @@ import requests
 from PIL import Image
 
 from tests.conftest import SHARED_IMAGES, SHARED_MODELS, require_shared
-from tests.scorer_process import ScorerProcess, scorer_env
-
-MAX_BODY = 1_000_000
-MAX_PIXELS = 2_000_000
-
-
-@pytest.fixture(scope="module")
-def colors(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScorerProcess]:
-    process = ScorerProcess(
-        scorer_env(
-            demo_dir / "models" / "colors",
-            tmp_path_factory.mktemp("c"),
-            MAX_BODY_BYTES=str(MAX_BODY),
-            MAX_IMAGE_PIXELS=str(MAX_PIXELS),
-        )
-    )
-    process.wait_ready()
-    yield process
-    process.stop()
+from tests.integration.conftest import MAX_BODY
+from tests.scorer_process import ScorerProcess
 
 
 def _image_bytes(colour: tuple[int, int, int], fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:

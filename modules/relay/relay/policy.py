@@ -124,31 +124,33 @@ class Detection:
     box: Mapping[str, float] | None = None
 
 
-def kept_detections(result: Mapping[str, Any], policy: Policy) -> list[Detection]:
-    """Predictions at or above the minimum probability, of the labels to keep."""
-    kept = []
+def detections(result: Mapping[str, Any]) -> list[Detection]:
+    """The well-formed predictions of a scorer result (malformed entries are skipped)."""
+    found = []
     for p in result.get("predictions", []):
         label, probability = p.get("tagName"), p.get("probability")
-        if not isinstance(label, str) or not isinstance(probability, (int, float)):
-            continue
-        if probability < policy.min_probability:
-            continue
-        if policy.labels and label not in policy.labels:
-            continue
-        kept.append(Detection(label, float(probability), p.get("boundingBox")))
-    return kept
+        if isinstance(label, str) and isinstance(probability, (int, float)):
+            found.append(Detection(label, float(probability), p.get("boundingBox")))
+    return found
+
+
+def kept_detections(result: Mapping[str, Any], policy: Policy) -> list[Detection]:
+    """Predictions at or above the minimum probability, of the labels to keep."""
+    return [
+        d
+        for d in detections(result)
+        if d.probability >= policy.min_probability
+        and (not policy.labels or d.label in policy.labels)
+    ]
 
 
 def alert_matches(result: Mapping[str, Any], policy: Policy) -> list[Detection]:
     """Predictions that match an alert rule; alerts ignore the label filter and minimum."""
-    matches = []
-    for p in result.get("predictions", []):
-        label, probability = p.get("tagName"), p.get("probability")
-        if not isinstance(label, str) or not isinstance(probability, (int, float)):
-            continue
-        if any(r.label == label and probability >= r.min_probability for r in policy.alerts):
-            matches.append(Detection(label, float(probability), p.get("boundingBox")))
-    return matches
+    return [
+        d
+        for d in detections(result)
+        if any(r.label == d.label and d.probability >= r.min_probability for r in policy.alerts)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
