@@ -60,7 +60,7 @@ def slow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     folder = tmp_path_factory.mktemp("slow-model")
     rng = np.random.default_rng(0)
-    channels, layers = 64, 10
+    channels, layers = 128, 40
     nodes = [
         helper.make_node("Conv", ["data", "w0"], ["h0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     ]
