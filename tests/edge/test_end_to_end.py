@@ -142,3 +142,64 @@ def test_scorer_twin_and_get_status(device: EdgeDevice, demo_dir: Path) -> None:
     score()
     status, stats = device.hub.call("relay", "flush", {"timeoutSeconds": 5})
     assert stats["results"] == sent_before
+
+
+def test_scorer_replies_during_an_outage_counts_drops_and_recovers(
+    device: EdgeDevice, demo_dir: Path
+) -> None:
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    scorer = device.module(
+        "scorer",
+        SCORER_MODEL_DIR=str(demo_dir / "models" / "colors"),
+        SCORER_CACHE_DIR=str(device.folder / "cache"),
+        SCORER_HOST="127.0.0.1",
+        SCORER_HTTP_PORT="0",
+        SCORER_GRPC_PORT="0",
+        SCORER_EDGE_CONNECTION_RETRY_S="1",
+        SCORER_EDGE_REPORT_INTERVAL_S="1",
+        SCORER_EDGE_CALL_TIMEOUT_S="2",
+        SCORER_EDGE_RECREATE_AFTER_S="2",
+        SCORER_EDGE_QUEUE_SIZE="5",
+    )
+    port = wait_for(
+        lambda: next(
+            (
+                m.group(1)
+                for line in scorer.lines
+                if (m := re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", line))
+            ),
+            None,
+        ),
+        30,
+        "the scorer to listen",
+    )
+    url = f"http://127.0.0.1:{port}/score"
+    device.wait_connected("scorer")
+    image = (demo_dir / "images" / "red.jpg").read_bytes()
+
+    def score() -> int:
+        return requests.post(url, data=image, headers={"Content-Type": "image/jpeg"}).status_code
+
+    device.brokers["scorer"].stop()
+    assert [score() for _ in range(20)] == [200] * 20  # no reply waits for edgeHub
+    device.brokers["scorer"].start()
+
+    def status() -> dict | None:
+        try:
+            code, answer = device.hub.call("scorer", "getStatus", {}, timeout=3)
+        except AssertionError:
+            return None
+        return answer if code == 200 else None
+
+    recovered = wait_for(status, 60, f"the scorer to answer again\n{scorer.log}")
+    assert recovered["publisher"]["dropped"] >= 14  # 20 results, 5 queued, 1 in flight
+
+    before = device.hub.call("relay", "getStats", {})[1]["results"]
+    for _ in range(3):
+        assert score() == 200
+    wait_for(
+        lambda: device.hub.call("relay", "getStats", {})[1]["results"] >= before + 3,
+        30,
+        f"results to flow again after the outage\n{scorer.log}",
+    )
