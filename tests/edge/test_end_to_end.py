@@ -13,7 +13,8 @@ from tests.edge.harness import wait_for
 from tests.edge.test_relay_edge import relay_settings
 
 
-def start_scorer(device: EdgeDevice, demo_dir: Path) -> tuple[ModuleProcess, str]:
+def start_scorer(device: EdgeDevice, demo_dir: Path, **settings: str) -> tuple[ModuleProcess, str]:
+    """The scorer on the demo colour model under the emulated IoT Edge, ready and connected."""
     scorer = device.module(
         "scorer",
         SCORER_MODEL_DIR=str(demo_dir / "models" / "colors"),
@@ -23,6 +24,7 @@ def start_scorer(device: EdgeDevice, demo_dir: Path) -> tuple[ModuleProcess, str
         SCORER_GRPC_PORT="0",
         SCORER_EDGE_CONNECTION_RETRY_S="1",
         SCORER_EDGE_REPORT_INTERVAL_S="1",
+        **settings,
     )
     port = wait_for(
         lambda: next(
@@ -149,33 +151,14 @@ def test_scorer_replies_during_an_outage_counts_drops_and_recovers(
 ) -> None:
     device.module("relay", **relay_settings(device))
     device.wait_connected("relay")
-    scorer = device.module(
-        "scorer",
-        SCORER_MODEL_DIR=str(demo_dir / "models" / "colors"),
-        SCORER_CACHE_DIR=str(device.folder / "cache"),
-        SCORER_HOST="127.0.0.1",
-        SCORER_HTTP_PORT="0",
-        SCORER_GRPC_PORT="0",
-        SCORER_EDGE_CONNECTION_RETRY_S="1",
-        SCORER_EDGE_REPORT_INTERVAL_S="1",
+    scorer, base = start_scorer(
+        device,
+        demo_dir,
         SCORER_EDGE_CALL_TIMEOUT_S="2",
         SCORER_EDGE_RECREATE_AFTER_S="2",
         SCORER_EDGE_QUEUE_SIZE="5",
     )
-    port = wait_for(
-        lambda: next(
-            (
-                m.group(1)
-                for line in scorer.lines
-                if (m := re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", line))
-            ),
-            None,
-        ),
-        30,
-        "the scorer to listen",
-    )
-    url = f"http://127.0.0.1:{port}/score"
-    device.wait_connected("scorer")
+    url = base + "/score"
     image = (demo_dir / "images" / "red.jpg").read_bytes()
 
     def score() -> int:
