@@ -95,6 +95,7 @@ class EdgePublisher:
         self.connected = False
         self._client: IoTHubModuleClient | None = None
         self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._broken_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-publisher", daemon=True)
 
@@ -161,8 +162,19 @@ class EdgePublisher:
 
     # --- sender ---------------------------------------------------------------------------------
 
+    def _link_failed(self, reason: object) -> None:
+        """Count a failure; after `recreate_after_s` of them (or with no client) drop the client,
+        so the next round opens a new one."""
+        self.connected = False
+        now = time.monotonic()
+        self._broken_since = self._broken_since or now
+        if now - self._broken_since > self.recreate_after_s or self._calls is None:
+            log.warning("edgeHub link broken (%s): recreating the client", reason)
+            self._close()
+            self._broken_since = None
+
     def _run(self) -> None:
-        delay, broken_since = 0.5, None
+        delay = 0.5
         last_report = 0.0
         pending: tuple[str, bytes] | None = None
         while not self._stop.is_set():
@@ -181,32 +193,22 @@ class EdgePublisher:
                 )
                 self._call(self._client.send_message_to_output, message, self.output)
                 self.sent += 1
-                pending, delay, broken_since = None, 0.5, None
+                pending, delay, self._broken_since = None, 0.5, None
             except queue.Empty:
                 pass
             except Exception as error:  # noqa: BLE001 - keep the result, back off, retry
                 self.last_error = f"{type(error).__name__}: {error}"[:300]
-                self.connected = False
-                broken_since = broken_since or time.monotonic()
-                if time.monotonic() - broken_since > self.recreate_after_s or self._calls is None:
-                    log.warning("edgeHub link broken (%s): recreating the client", error)
-                    self._close()
-                    broken_since = None
+                self._link_failed(error)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
                 continue
             if self._client is not None and time.monotonic() - last_report > self.report_interval_s:
                 # Doubles as the heartbeat: paho-mqtt 1.6 can lose its network thread to an
                 # SSLEOFError and never notice; a report that fails counts like a failed send.
-                if not self._report():
-                    self.connected = False
-                    broken_since = broken_since or time.monotonic()
-                    if time.monotonic() - broken_since > self.recreate_after_s:
-                        log.warning("edgeHub link broken: recreating the client")
-                        self._close()
-                        broken_since = None
+                if self._report():
+                    self._broken_since = None
                 else:
-                    broken_since = None
+                    self._link_failed("reported properties failed")
                 last_report = time.monotonic()
 
     # --- twin and methods ------------------------------------------------------------------------
