@@ -140,8 +140,6 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
                     Code.BODY_TOO_LARGE,
                     f"request body is larger than the {scorer.config.max_body_bytes}-byte limit",
                 ) from None
-            if not image:
-                raise ScoringError(Code.EMPTY_BODY, "request body is empty; send the image bytes")
             return jsonify(scorer.score(image, options).to_dict())
 
     @app.post("/score")
