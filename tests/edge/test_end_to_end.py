@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import requests
@@ -11,6 +10,7 @@ import requests
 from tests.edge.conftest import EdgeDevice, ModuleProcess
 from tests.edge.harness import wait_for
 from tests.edge.test_relay_edge import relay_settings
+from tests.scorer_process import LISTENING
 
 
 def start_scorer(device: EdgeDevice, demo_dir: Path, **settings: str) -> tuple[ModuleProcess, str]:
@@ -28,11 +28,7 @@ def start_scorer(device: EdgeDevice, demo_dir: Path, **settings: str) -> tuple[M
     )
     port = wait_for(
         lambda: next(
-            (
-                m.group(1)
-                for line in scorer.lines
-                if (m := re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", line))
-            ),
+            (m.group(1) for line in scorer.lines if (m := LISTENING.search(line))),
             None,
         ),
         30,
