@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,14 @@ def shared_model_dirs() -> list[Path]:
     if not SHARED_MODELS.is_dir():
         return []
     return sorted(p for p in SHARED_MODELS.iterdir() if (p / "model.onnx").is_file())
+
+
+@functools.cache
+def cuda_works() -> bool:
+    """Whether CUDA really initialises here (a GPU, its driver and onnxruntime-gpu)."""
+    from scorer import providers
+
+    return providers.provider_works("CUDAExecutionProvider")[0]
 
 
 def require_shared(path: Path) -> Path:

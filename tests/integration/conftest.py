@@ -25,6 +25,7 @@ def colors(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             tmp_path_factory.mktemp("colors"),
             MAX_BODY_BYTES=str(MAX_BODY),
             MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+            PROVIDERS="cpu",  # its tests assert CPU, also on a machine with a GPU
         )
     )
     process.wait_ready()

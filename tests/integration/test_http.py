@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import SHARED_IMAGES, SHARED_MODELS, require_shared
+from tests.conftest import SHARED_IMAGES, SHARED_MODELS, cuda_works, require_shared
 from tests.integration.conftest import MAX_BODY
 from tests.scorer_process import ScorerProcess
 
@@ -197,6 +197,24 @@ def test_model_and_metrics(colors: ScorerProcess, demo_dir: Path) -> None:
     assert 'scorer_stage_seconds_bucket{le="0.001",stage="inference"}' in text
     assert 'provider="CPUExecutionProvider"' in text
     assert "scorer_inflight_requests 0.0" in text
+
+
+@pytest.mark.skipif(cuda_works(), reason="CUDA initialises here: auto keeps it, nothing falls back")
+def test_auto_reports_the_gpu_providers_it_dropped_and_why(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """onnxruntime-gpu on a machine without a GPU: reported in /model, /readyz and /metrics."""
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="auto")
+    dropped = requests.get(server.url + "/model").json()["providerFallbacks"]
+    assert {f["provider"] for f in dropped} == {
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+    }
+    assert {f["reason"] for f in dropped} == {"no_gpu"} and all(f["detail"] for f in dropped)
+    assert requests.get(server.url + "/readyz").json()["providerFallbacks"] == dropped
+    text = requests.get(server.url + "/metrics").text
+    assert 'scorer_provider_fallback{provider="CUDAExecutionProvider",reason="no_gpu"} 1.0' in text
+    assert "dropped (no_gpu)" in server.log
 
 
 def test_detection_boxes_over_http(

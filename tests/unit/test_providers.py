@@ -12,7 +12,9 @@ from scorer import providers
 from scorer.model import inspect_export
 from scorer.session import open_session
 
-CUDA_WORKS = providers.provider_works("CUDAExecutionProvider")[0]
+from tests.conftest import cuda_works
+
+CUDA_WORKS = cuda_works()
 
 
 def test_native_output_is_captured_into_logging(caplog: pytest.LogCaptureFixture) -> None:
@@ -35,10 +37,49 @@ def test_expected_failures_while_probing_log_at_debug(caplog: pytest.LogCaptureF
 
 
 def test_auto_always_ends_with_cpu_and_only_keeps_gpu_providers_that_work() -> None:
-    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, fallbacks = providers.resolve(("auto",), providers.tensorrt_options(True, None))
     names = [c if isinstance(c, str) else c[0] for c in chosen]
     assert names[-1] == "CPUExecutionProvider"
     assert ("CUDAExecutionProvider" in names) == CUDA_WORKS
+    installed = set(ort.get_available_providers())
+    assert {f.provider for f in fallbacks} == (set(providers.GPU_PREFERENCE) & installed) - set(
+        names
+    )
+
+
+def test_a_machine_without_gpu_nodes_is_no_gpu_not_a_fault() -> None:
+    fallback = providers.classify_failure("CUDAExecutionProvider", "libcuda.so.1 missing", [])
+    assert fallback.reason is providers.FallbackReason.NO_GPU
+    assert "libcuda.so.1 missing" in fallback.detail
+
+
+def test_a_device_node_this_user_cannot_open_is_named_with_its_group(tmp_path: Path) -> None:
+    """Like /dev/nvmap (root:video, 0660) seen by the module's uid 10001 outside `video`."""
+    node = tmp_path / "nvmap"
+    node.write_bytes(b"")
+    refused = str(node)
+    fallback = providers.classify_failure(
+        "CUDAExecutionProvider", "cuInit failed", [refused], accessible=lambda n: n != refused
+    )
+    assert fallback.reason is providers.FallbackReason.PERMISSION_DENIED
+    gid = node.stat().st_gid
+    assert f"permission denied on {node} (group " in fallback.detail
+    assert f"gid {gid}" in fallback.detail and "GroupAdd" in fallback.detail
+
+
+def test_the_real_access_check_refuses_a_node_without_permissions(tmp_path: Path) -> None:
+    node = tmp_path / "nvmap"
+    node.write_bytes(b"")
+    node.chmod(0o000)
+    assert providers.can_open(str(node)) == (os.getuid() == 0)
+
+
+def test_a_gpu_that_fails_for_another_reason_says_why(tmp_path: Path) -> None:
+    node = tmp_path / "nvidia0"
+    node.write_bytes(b"")
+    fallback = providers.classify_failure("CUDAExecutionProvider", "driver too old", [str(node)])
+    assert fallback.reason is providers.FallbackReason.INIT_FAILED
+    assert fallback.detail == "driver too old"
 
 
 @pytest.mark.skipif(CUDA_WORKS, reason="CUDA works here, so insisting on it cannot fail")
@@ -64,7 +105,7 @@ def test_auto_on_this_machine_loads_a_session_quietly(
 ) -> None:
     """With onnxruntime-gpu on a CPU-only machine nothing native reaches the terminal."""
     capfd.readouterr()  # drop what fixtures printed
-    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, _ = providers.resolve(("auto",), providers.tensorrt_options(True, None))
     model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
     model.warm_up()
     out, err = capfd.readouterr()
@@ -75,7 +116,7 @@ def test_auto_on_this_machine_loads_a_session_quietly(
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_WORKS, reason="needs a CUDA GPU with onnxruntime-gpu")
 def test_auto_runs_on_cuda_when_there_is_a_gpu(demo_dir: Path) -> None:
-    chosen = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, _ = providers.resolve(("auto",), providers.tensorrt_options(True, None))
     model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
     assert model.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     assert "CUDAExecutionProvider" in ort.get_available_providers()

@@ -70,6 +70,22 @@ def test_state_survives_reopening_the_spool(tmp_path: Path) -> None:
     assert bodies(second)[-1]["frames"] == 1
 
 
+def test_applied_policy_survives_a_restart_with_rejected_values_kept(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "r.db", 10_000_000)
+    assert first.saved_policy() is None
+    relay = Relay(first, Policy())
+    relay.apply_desired({"alerts": [{"label": "fire", "minProbability": 0.8}]})
+    relay.apply_desired({"minProbability": "high"})  # rejected: the alert rule stays
+    first.close()
+    second = Spool(tmp_path / "r.db", 10_000_000)
+    restored = Relay(second, Policy())
+    restored.apply_desired(second.saved_policy() or {})
+    assert restored.policy.alerts == (AlertRule("fire", 0.8),)
+    assert restored.policy_errors == {}
+    restored.handle(json.dumps(result(("fire", 0.9), rid="1")).encode())
+    assert [b["type"] for b in bodies(second)] == ["alert"]
+
+
 def test_invalid_input_is_counted_not_relayed(spool: Spool) -> None:
     relay = Relay(spool, Policy())
     assert relay.handle(b"{not json") == "invalid"

@@ -25,6 +25,11 @@ class RelayModule:
         self.settings = settings
         self.spool = Spool(settings.spool_path, settings.spool_max_bytes)
         self.relay = Relay(self.spool, Policy())
+        saved = self.spool.saved_policy()
+        if saved is not None:
+            # Inputs left over from before a restart are handled under the policy that was
+            # in force when they arrived, never under code defaults (which have no alerts).
+            self.relay.apply_desired(saved)
         self.accepting = threading.Event()
         self.stopping = threading.Event()
         self.link = HubLink(

@@ -60,6 +60,7 @@ class Relay:
         with self._lock:
             self._policy, errors = rules.apply_desired(self._policy, desired)
             self._policy_errors = errors
+            self.spool.save_policy(self._policy.to_twin())
         if errors:
             log.warning("desired properties rejected: %s", errors)
         log.info("policy now %s", self._policy.to_twin())

@@ -8,11 +8,13 @@ accounted for or not at all, and a redelivered duplicate is recognised and skipp
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .policy import LabelStats, Outgoing
 
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS window_labels (
     first_seen TEXT, last_seen TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
 
@@ -171,6 +174,20 @@ class Spool:
     def counters(self) -> dict[str, float]:
         with self._lock:
             return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def saved_policy(self) -> dict[str, Any] | None:
+        """The policy in force at the last stop (its twin form), if one was ever applied."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE name='policy'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def save_policy(self, policy: dict[str, Any]) -> None:
+        """Persist the policy in force, so inputs left over at a restart are handled under it."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO state VALUES ('policy', ?)",
+                (json.dumps(policy, allow_nan=False),),
+            )
 
     def close(self) -> None:
         with self._lock:

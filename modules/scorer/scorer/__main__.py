@@ -13,17 +13,20 @@ import math
 import os
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import engine_cache
 from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
-from .model import ModelError, ModelOptions, ModelSpec, inspect_export
+from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("scorer")
@@ -54,18 +57,73 @@ def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
     )
 
 
+def tensorrt_options(settings: Settings, spec: ModelSpec, onnxruntime_version: str) -> dict:
+    """TensorRT's options, its engine cache in a folder keyed by model, runtime and GPU."""
+    from . import providers
+
+    if not providers.gpu_device_nodes():
+        return providers.tensorrt_options(settings.trt_fp16, None)  # no GPU: nothing to cache
+    root = cache_root(spec.directory, settings.cache_dir)
+    key = engine_cache.runtime_key(spec.sha256, onnxruntime_version, settings.trt_fp16)
+    try:
+        folder: Path | None = engine_cache.engine_folder(root, key)
+    except OSError as error:
+        # Without a cache TensorRT still runs; it rebuilds its engine at every start.
+        log.warning("TensorRT engine cache not writable (%s): engines are not kept", error)
+        folder = None
+    return providers.tensorrt_options(settings.trt_fp16, folder)
+
+
+class EngineBuildProgress:
+    """Logs while a first TensorRT engine build runs (minutes on a Jetson) before ready."""
+
+    def __init__(self, folder: str | None, interval_s: float = 30.0) -> None:
+        self.folder = Path(folder) if folder else None
+        self.building = self.folder is not None and not engine_cache.has_engine(self.folder)
+        self.interval_s = interval_s
+        self.done = threading.Event()
+        self.started = time.monotonic()
+
+    def __enter__(self) -> EngineBuildProgress:
+        if self.building:
+            log.info(
+                "building the TensorRT engine into %s (first start with this model, runtime "
+                "and GPU; minutes on a Jetson); ready when done",
+                self.folder,
+            )
+            threading.Thread(target=self._tick, name="engine-progress", daemon=True).start()
+        elif self.folder is not None:
+            log.info("reusing the TensorRT engine in %s", self.folder)
+        return self
+
+    def _tick(self) -> None:
+        while not self.done.wait(self.interval_s):
+            log.info("still building the TensorRT engine (%.0f s)", self.elapsed())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.building and exc[0] is None:
+            log.info("TensorRT engine built in %.0f s and cached", self.elapsed())
+
+
 def load_model(scorer: Scorer, settings: Settings) -> None:
     """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn."""
     # Imported here, in the worker after the fork, never in the master: see session.py.
+    import onnxruntime
+
     from . import providers, session
 
     try:
-        trt = providers.tensorrt_options(
-            settings.trt_fp16, settings.trt_cache_dir or scorer.spec.directory / ".trt-cache"
-        )
-        chosen = providers.resolve(settings.providers, trt)
+        trt = tensorrt_options(settings, scorer.spec, onnxruntime.__version__)
+        chosen, fallbacks = providers.resolve(settings.providers, trt)
+        scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
         level = logging.getLevelName(settings.log_level)
-        scorer.load(lambda spec: session.open_session(spec, chosen, level))
+        uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
+        with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
+            scorer.load(lambda spec: session.open_session(spec, chosen, level))
     except (ModelError, RuntimeError) as error:
         log.critical("cannot start: %s", error)
         os._exit(Arbiter.WORKER_BOOT_ERROR)

@@ -188,6 +188,10 @@ class GrpcClient:
             "providers": list(info.providers),
             "sha256": info.sha256,
             "ready": info.ready,
+            "providerFallbacks": [
+                {"provider": f.provider, "reason": f.reason, "detail": f.detail}
+                for f in info.provider_fallbacks
+            ],
         }
 
     def close(self) -> None:

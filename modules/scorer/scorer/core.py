@@ -124,6 +124,8 @@ class Scorer:
         self.default_threshold = config.default_threshold
         self.default_max_predictions = config.default_max_predictions
         self.sink: ResultSink | None = None
+        # GPU providers `auto` dropped, as {"provider", "reason", "detail"}: set before load.
+        self.provider_fallbacks: tuple[dict[str, str], ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -150,6 +152,8 @@ class Scorer:
             self.spec.kind.task,
             model.providers[0],
         ).set(1)
+        for fallback in self.provider_fallbacks:
+            self.metrics.provider_fallback.labels(fallback["provider"], fallback["reason"]).set(1)
         with self._lock:
             self._model = model
             listeners, self._ready_listeners = self._ready_listeners, []
@@ -202,6 +206,7 @@ class Scorer:
             "inputShape": [d if isinstance(d, int) else -1 for d in self.spec.input_shape],
             "inputType": "float16" if prep.dtype.__name__ == "float16" else "float32",
             "providers": list(self.providers),
+            "providerFallbacks": list(self.provider_fallbacks),
             "sha256": self.spec.sha256,
             "ready": self.ready,
         }

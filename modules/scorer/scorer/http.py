@@ -180,7 +180,13 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
     def readyz() -> Response:
         if not scorer.ready:
             raise ScoringError(Code.NOT_READY, "the model is still loading or warming up")
-        return jsonify({"status": "ready", "providers": list(scorer.providers)})
+        return jsonify(
+            {
+                "status": "ready",
+                "providers": list(scorer.providers),
+                "providerFallbacks": list(scorer.provider_fallbacks),
+            }
+        )
 
     @app.get("/model")
     def model() -> Response:

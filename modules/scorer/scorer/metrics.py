@@ -35,6 +35,13 @@ class ScorerMetrics:
             registry=self.registry,
         )
 
+        self.provider_fallback = Gauge(
+            "scorer_provider_fallback",
+            "An installed GPU execution provider that auto had to drop, by reason",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
+
     def observe(self, decode_s: float, inference_s: float, total_s: float) -> None:
         """Record one successful request's stage times."""
         self.requests.labels("OK").inc()

@@ -345,8 +345,11 @@ def _yolo_options(
     )
 
 
-def _cache_dir(directory: Path, configured: Path | None) -> Path:
-    """The configured cache, else `.cache` beside the model, else a temporary folder."""
+def cache_root(directory: Path, configured: Path | None) -> Path:
+    """The configured cache, else `.cache` beside the model, else a temporary folder.
+
+    Under IoT Edge the model folder is mounted read-only and the cache is a volume of its own.
+    """
     if configured is not None:
         return configured
     candidate = directory / ".cache"
@@ -370,7 +373,7 @@ def inspect_export(
     onnx_path, upgraded = model_path, False
     if upgrade.needs_upgrade(model):
         try:
-            onnx_path = upgrade.cached_upgrade(model_path, sha256, _cache_dir(directory, cache_dir))
+            onnx_path = upgrade.cached_upgrade(model_path, sha256, cache_root(directory, cache_dir))
         except ValueError as error:
             raise ModelError(f"{model_path}: legacy export cannot be upgraded ({error})") from None
         except OSError as error:

@@ -9,13 +9,17 @@ create sessions those lines are captured at the file-descriptor level and re-emi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
+import glob
+import grp
 import io
 import logging
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +29,82 @@ from onnx import TensorProto, helper
 log = logging.getLogger(__name__)
 ort_log = logging.getLogger("onnxruntime")
 
-GPU_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PREFERENCE = (TENSORRT, "CUDAExecutionProvider")
 CPU = "CPUExecutionProvider"
 _SEVERITY = {"V": logging.DEBUG, "I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOAD_ERROR = re.compile(r"with error: (.*)")
+# Device nodes a CUDA context opens: Jetson's nvmap/nvhost/nvgpu (JetPack 5 and 6), and the
+# nvidia*/DRI render nodes of discrete GPUs. On Jetson they belong to `video` (and `render`).
+GPU_DEVICE_NODES = (
+    "/dev/nvmap",
+    "/dev/nvhost-ctrl*",
+    "/dev/nvgpu/igpu0/*",
+    "/dev/nvidiactl",
+    "/dev/nvidia[0-9]*",
+)
+
+
+class FallbackReason(str, enum.Enum):
+    """Why `auto` did not keep a GPU provider that this onnxruntime build has."""
+
+    NO_GPU = "no_gpu"  # no GPU device node at all: a CPU machine
+    PERMISSION_DENIED = "permission_denied"  # a device node exists but this user cannot open it
+    INIT_FAILED = "init_failed"  # libraries missing, driver mismatch, out of memory, ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """A GPU provider that `auto` dropped, and why, for logs, `/model`, metrics and the twin."""
+
+    provider: str
+    reason: FallbackReason
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"provider": self.provider, "reason": self.reason.value, "detail": self.detail}
+
+
+def gpu_device_nodes() -> list[str]:
+    """The GPU device nodes present here (none on a CPU machine)."""
+    return sorted(node for pattern in GPU_DEVICE_NODES for node in glob.glob(pattern))
+
+
+def can_open(node: str) -> bool:
+    """Whether this process may read and write a device node."""
+    return os.access(node, os.R_OK | os.W_OK)
+
+
+def device_node_problem(
+    nodes: Sequence[str], accessible: Callable[[str], bool] = can_open
+) -> str | None:
+    """The first node this process may not open, named with its owning group, or None."""
+    for node in nodes:
+        if not accessible(node):
+            gid = os.stat(node).st_gid
+            try:
+                group = grp.getgrgid(gid).gr_name
+            except KeyError:
+                group = "?"
+            return (
+                f"permission denied on {node} (group {group}, gid {gid}; this process runs as "
+                f"uid {os.getuid()} in groups {sorted(os.getgroups())}): add that group to the "
+                "module (GroupAdd in its createOptions)"
+            )
+    return None
+
+
+def classify_failure(
+    provider: str, why: str, nodes: Sequence[str], accessible: Callable[[str], bool] = can_open
+) -> Fallback:
+    """Name the reason a GPU provider failed: no GPU, a device node we may not open, or other."""
+    if not nodes:
+        return Fallback(provider, FallbackReason.NO_GPU, f"no GPU device node here ({why})")
+    problem = device_node_problem(nodes, accessible)
+    if problem is not None:
+        return Fallback(provider, FallbackReason.PERMISSION_DENIED, problem)
+    return Fallback(provider, FallbackReason.INIT_FAILED, why)
 
 
 def ort_severity(level: int) -> int:
@@ -130,27 +205,45 @@ def tensorrt_options(fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
     return options
 
 
-def resolve(
-    requested: Sequence[str], trt: dict[str, Any]
-) -> list[str | tuple[str, dict[str, Any]]]:
-    """Provider list for the session: `auto` keeps the GPU providers that work, then CPU.
+ProviderList = list[str | tuple[str, dict[str, Any]]]
 
-    An explicit list is taken as the operator's demand: a provider in it that does not
-    initialise stops the start with a clear error instead of silently falling back.
+
+def resolve(requested: Sequence[str], trt: dict[str, Any]) -> tuple[ProviderList, list[Fallback]]:
+    """Provider list for the session, and the installed GPU providers `auto` had to drop.
+
+    `auto` keeps the GPU providers that work, then CPU; dropping one that this build has is
+    logged at WARNING when the machine has a GPU (INFO on a CPU machine). An explicit list is
+    the operator's demand: a provider in it that does not initialise stops the start with a
+    clear error instead of silently falling back.
     """
-    options = {"TensorrtExecutionProvider": trt}
-    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    options = {TENSORRT: trt}
+    chosen: ProviderList = []
+    nodes = gpu_device_nodes()
     if tuple(requested) == ("auto",):
+        fallbacks: list[Fallback] = []
         for name in GPU_PREFERENCE:
             works, why = provider_works(name, options.get(name))
             if works:
                 chosen.append((name, options[name]) if name in options else name)
-            else:
+            elif name not in ort.get_available_providers():
                 log.info("%s unavailable: %s", name, why)
-        return [*chosen, CPU]
+            else:
+                fallback = classify_failure(name, why, nodes)
+                fallbacks.append(fallback)
+                quiet = fallback.reason is FallbackReason.NO_GPU
+                log.log(
+                    logging.INFO if quiet else logging.WARNING,
+                    "%s dropped (%s): %s",
+                    name,
+                    fallback.reason.value,
+                    fallback.detail,
+                )
+        return [*chosen, CPU], fallbacks
     for name in requested:
         works, why = provider_works(name, options.get(name))
         if not works:
+            if name in ort.get_available_providers():
+                why = classify_failure(name, why, nodes).detail
             raise RuntimeError(f"execution provider {name} was requested but {why}")
         chosen.append((name, options[name]) if name in options else name)
-    return chosen
+    return chosen, []

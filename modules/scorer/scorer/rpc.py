@@ -81,6 +81,7 @@ def model_message(info: dict[str, Any]) -> scoring_pb2.ModelInfo:
         providers=info["providers"],
         sha256=info["sha256"],
         ready=info["ready"],
+        provider_fallbacks=[scoring_pb2.ProviderFallback(**f) for f in info["providerFallbacks"]],
     )
 
 

@@ -107,7 +107,11 @@ class Settings:
     )
     model_name: str = _setting("", str, "name reported in results (default: the folder's name)")
     model_version: str = _setting("", str, "version reported (default: first 12 hex of SHA-256)")
-    cache_dir: Path | None = _setting(None, Path, "writable folder for upgraded legacy models")
+    cache_dir: Path | None = _setting(
+        None,
+        Path,
+        "writable cache: TensorRT engines, upgraded legacy models (default: .cache by the model)",
+    )
     host: str = _setting("0.0.0.0", str, "address both servers listen on")
     http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
     grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")
@@ -119,7 +123,6 @@ class Settings:
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
-    trt_cache_dir: Path | None = _setting(None, Path, "TensorRT engine cache folder")
     default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
     default_max_predictions: int = _setting(0, _non_negative_int, "0 means all")
     pixel_format: str = _setting("auto", _choice("auto", "Rgb8", "Bgr8"), "override colour order")

@@ -98,7 +98,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "format", "labels", "input_name", "input_shape", "input_type", "providers", "sha256", "ready")
+    __slots__ = ("name", "version", "kind", "format", "labels", "input_name", "input_shape", "input_type", "providers", "sha256", "ready", "provider_fallbacks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class ModelInfo(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kind: str
@@ -121,4 +122,15 @@ class ModelInfo(_message.Message):
     providers: _containers.RepeatedScalarFieldContainer[str]
     sha256: str
     ready: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_type: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+    provider_fallbacks: _containers.RepeatedCompositeFieldContainer[ProviderFallback]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_type: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., ready: _Optional[bool] = ..., provider_fallbacks: _Optional[_Iterable[_Union[ProviderFallback, _Mapping]]] = ...) -> None: ...
+
+class ProviderFallback(_message.Message):
+    __slots__ = ("provider", "reason", "detail")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    reason: str
+    detail: str
+    def __init__(self, provider: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,85 @@
+"""Where TensorRT keeps its engines: one folder per model, runtime and GPU, so none is stale.
+
+A TensorRT engine is only valid for the exact model, TensorRT release and GPU it was built
+on; ONNX Runtime's own cache check does not cover all of these. The folder name is a hash
+of all of them (plus FP16), so an updated model, image or device builds a new engine
+instead of loading one that fails or, worse, runs wrongly. Standard library only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+# Jetson: the board and the L4T release; discrete GPUs: the model and the driver.
+GPU_FILES = (
+    "/proc/device-tree/model",
+    "/etc/nv_tegra_release",
+    "/proc/driver/nvidia/gpus/*/information",
+    "/proc/driver/nvidia/version",
+)
+
+
+def tensorrt_version() -> str:
+    """TensorRT's library version as it reports it, or "none" where it is not installed."""
+    for name in TENSORRT_LIBRARIES:
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        return str(library.getInferLibVersion())
+    return "none"
+
+
+def gpu_identity() -> str:
+    """The first line of each file naming this machine's GPU and driver (Jetson or discrete)."""
+    lines = []
+    for pattern in GPU_FILES:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                text = Path(path).read_text(errors="replace").replace("\x00", "").strip()
+            except OSError:
+                continue
+            lines.append(text.splitlines()[0] if text else "")
+    return " | ".join(lines) or "unknown"
+
+
+def runtime_key(model_sha256: str, onnxruntime_version: str, fp16: bool) -> dict[str, str]:
+    """Everything an engine depends on."""
+    return {
+        "model": model_sha256,
+        "onnxruntime": onnxruntime_version,
+        "tensorrt": tensorrt_version(),
+        "gpu": gpu_identity(),
+        "fp16": str(fp16).lower(),
+    }
+
+
+def engine_folder(root: Path, key: dict[str, str]) -> Path:
+    """`<root>/tensorrt/<model>-<hash of the key>`, created, with the key beside the engines.
+
+    Raises OSError when it cannot be created (a read-only or foreign-owned volume).
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = root / "tensorrt" / f"{key['model'][:12]}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    described = folder / "key.json"
+    if not described.exists():
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+            json.dump(key, handle, indent=2)
+        os.replace(handle.name, described)
+    return folder
+
+
+def has_engine(folder: Path) -> bool:
+    """Whether an earlier start left a built engine here."""
+    return any(folder.glob("*.engine"))
