@@ -10,7 +10,9 @@ For every demo model and every export in ../shared/models, on the same images:
 then HTTP at 1, 2, 4 and 8 concurrent clients and gRPC unary and streams at 1 and 8.
 Prints p50/p95 latency, requests/s and every p50 as a ratio of (a)'s.
 
-Usage: .venv/bin/python bench/scoring.py [--requests N] [--json FILE]
+Usage: .venv/bin/python bench/scoring.py [--requests N] [--provider cpu|cuda|tensorrt]
+                                         [--shared DIR] [--json FILE]
+The baseline and the scorer always run on the same execution provider.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ from scorer.session import open_session  # noqa: E402
 
 from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
 
-SHARED = REPO.parent / "shared"
+# --provider -> (the baseline's providers, the scorer's SCORER_PROVIDERS)
+PROVIDERS = {
+    "cpu": (["CPUExecutionProvider"], "cpu"),
+    "cuda": (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda,cpu"),
+    "tensorrt": (
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        "tensorrt,cuda,cpu",
+    ),
+}
 Caller = Callable[[bytes], object]
 
 
@@ -111,9 +121,14 @@ def concurrently(
     return (len(latencies) + warm_up) / elapsed, latencies
 
 
-def bench_model(name: str, model_dir: Path, images: list[bytes], count: int, cache: Path) -> dict:
+def bench_model(
+    name: str, model_dir: Path, images: list[bytes], count: int, cache: Path, provider: str
+) -> dict:
+    session_providers, setting = PROVIDERS[provider]
     spec = inspect_export(model_dir, cache_dir=cache)
-    session = ort.InferenceSession(str(spec.onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(spec.onnx_path), providers=session_providers)
+    if session.get_providers()[0] != session_providers[0]:
+        raise SystemExit(f"{session_providers[0]} does not run here: {session.get_providers()}")
     outputs = list(spec.output_names)
     limits = imaging.DecodeLimits()
     draft = spec.preprocessing.draft_size()
@@ -123,9 +138,9 @@ def bench_model(name: str, model_dir: Path, images: list[bytes], count: int, cac
         return session.run(outputs, {spec.input_name: tensor})
 
     scorer = Scorer(spec, ScorerConfig(name, "bench"))
-    scorer.load(lambda s: open_session(s, ["CPUExecutionProvider"]))
+    scorer.load(lambda s: open_session(s, list(session_providers)))
 
-    server = ScorerProcess(scorer_env(model_dir, cache, PROVIDERS="cpu"))
+    server = ScorerProcess(scorer_env(model_dir, cache, PROVIDERS=setting))
     try:
         server.wait_ready()
 
@@ -172,23 +187,23 @@ def bench_model(name: str, model_dir: Path, images: list[bytes], count: int, cac
     return row
 
 
-def models_and_images(demo: Path) -> list[tuple[str, Path, list[bytes]]]:
+def models_and_images(demo: Path, shared: Path) -> list[tuple[str, Path, list[bytes]]]:
     demo_images = [p.read_bytes() for p in sorted((demo / "images").glob("*.jpg"))]
     found = [(f"demo/{m.name}", m, demo_images) for m in sorted((demo / "models").iterdir())]
-    if (SHARED / "models").is_dir() and (SHARED / "images").is_dir():
-        photos = [p.read_bytes() for p in sorted((SHARED / "images").glob("*.jpg"))]
-        for folder in sorted((SHARED / "models").iterdir()):
+    if (shared / "models").is_dir() and (shared / "images").is_dir():
+        photos = [p.read_bytes() for p in sorted((shared / "images").glob("*.jpg"))]
+        for folder in sorted((shared / "models").iterdir()):
             if (folder / "model.onnx").is_file():
                 found.append((folder.name, folder, photos))
     else:
-        print(f"note: {SHARED} not found; real exports skipped", file=sys.stderr)
+        print(f"note: {shared} not found; real exports skipped", file=sys.stderr)
     return found
 
 
-def report(rows: list[dict]) -> None:
+def report(rows: list[dict], provider: str) -> None:
     print(
         f"\n{platform.machine()} {platform.processor()} | onnxruntime {ort.__version__}"
-        f" CPUExecutionProvider | python {platform.python_version()}"
+        f" {PROVIDERS[provider][0][0]} | python {platform.python_version()}"
     )
     print(f"{'model':30} {'stage':18} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50/(a)':>8}")
     for row in rows:
@@ -210,16 +225,18 @@ def report(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per stage")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="real exports")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         demo = Path(work) / "demo"
         make_demo_models.main(["make_demo_models.py", str(demo)])
         rows = [
-            bench_model(name, folder, images, args.requests, Path(work) / "cache")
-            for name, folder, images in models_and_images(demo)
+            bench_model(name, folder, images, args.requests, Path(work) / "cache", args.provider)
+            for name, folder, images in models_and_images(demo, args.shared)
         ]
-    report(rows)
+    report(rows, args.provider)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

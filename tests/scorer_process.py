@@ -103,7 +103,10 @@ def scorer_env(model_dir: Path, cache_dir: Path, **settings: str) -> dict[str, s
     """The environment of a scorer on a free port, as the README starts it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
     env.update(
-        PYTHONPATH=str(REPO / "modules" / "scorer"),
+        # Prepended, not replaced: a GPU machine may bring onnxruntime-gpu on PYTHONPATH.
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(REPO / "modules" / "scorer"), os.environ.get("PYTHONPATH")) if p
+        ),
         SCORER_MODEL_DIR=str(model_dir),
         SCORER_CACHE_DIR=str(cache_dir),
         SCORER_HOST="127.0.0.1",

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU checks, run on a lent x86-64 machine with an NVIDIA GPU and no network (the device
+# tool; see docs/BENCHMARKS.md): onnxruntime-gpu arrives as an xz tarball in parts (it is
+# larger than one transfer), the other wheels and a copy of the real exports beside it.
+#   ORT_PARTS=/tmp/ort CARRIED=.gpu/small bash bench/gpu_run.sh
+# Installs into /tmp/site, points the loader at the CUDA/cuDNN libraries of the machine's
+# nvidia-* Python packages, then runs the unit and integration tests (the `gpu` ones
+# included), shows what `auto` picks, and benchmarks CUDA against CPU. Logs go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+PARTS=${ORT_PARTS:-/tmp/ort}
+CARRIED=${CARRIED:-.gpu/small}
+REQUESTS=${REQUESTS:-300}
+mkdir -p "$OUT" /tmp/site
+cat "$PARTS"/ort.part* | xz -dc | tar -x -C /tmp/site || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRIED"/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD:$PWD/modules/scorer:$PWD/modules/relay:$PWD/scripts
+nvidia_libs=$(python3 -c 'import glob, site
+print(":".join(sorted(d for s in site.getsitepackages() for d in glob.glob(s + "/nvidia/*/lib"))))')
+export LD_LIBRARY_PATH=$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())' \
+  | tee -a "$OUT/gpu.txt"
+ldconfig -p | grep -c libnvinfer | sed 's/^/libnvinfer entries: /' | tee -a "$OUT/gpu.txt"
+
+echo "== tests (unit + integration, gpu included)"
+python3 -m pytest -q -p no:cacheprovider -rs tests/unit tests/integration 2>&1 \
+  | tee "$OUT/pytest.log" | tail -25
+
+echo "== the scorer with SCORER_PROVIDERS=auto"
+python3 scripts/make_demo_models.py /tmp/demo >/dev/null
+python3 - <<'PY' 2>&1 | tee "$OUT/auto.log"
+import json, sys, urllib.request
+from pathlib import Path
+from tests.scorer_process import ScorerProcess, scorer_env
+for run in ("first start", "restart"):
+    server = ScorerProcess(scorer_env(Path("/tmp/demo/models/colors"), Path("/tmp/cache"),
+                                      PROVIDERS="auto"))
+    server.wait_ready(600)
+    info = json.load(urllib.request.urlopen(server.url + "/model"))
+    print(run, "providers:", info["providers"], "fallbacks:", info["providerFallbacks"])
+    print("\n".join(l for l in server.log.splitlines() if "TensorRT" in l or "dropped" in l))
+    server.stop()
+PY
+
+for provider in cuda cpu; do
+  echo "== bench/scoring.py --provider $provider"
+  python3 bench/scoring.py --requests "$REQUESTS" --provider "$provider" --shared "$CARRIED/shared" \
+    --json "$OUT/bench-$provider.json" 2>&1 | tee "$OUT/bench-$provider.log" | tail -48
+done
