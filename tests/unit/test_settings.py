@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,26 @@ def test_url_fetching_needs_an_allow_list() -> None:
 def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"^#?\s*(SCORER_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
     assert {name for name, _, _ in Settings.documented()} <= documented
+
+
+def test_iot_edge_is_recognised_only_by_its_complete_module_environment() -> None:
+    from scorer.settings import EDGE_VARIABLES, run_by_iot_edge
+
+    complete = {name: "x" for name in EDGE_VARIABLES}
+    assert run_by_iot_edge(complete)
+    assert not run_by_iot_edge({**complete, "IOTEDGE_WORKLOADURI": ""})
+    assert not run_by_iot_edge({})
+
+
+def test_outside_iot_edge_the_azure_sdk_is_never_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scorer built without azure-iot-device (or a GPU test machine) must still start."""
+    from scorer import __main__ as entry
+    from scorer.settings import EDGE_VARIABLES
+
+    for name in EDGE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "azure", None)  # any import of it now fails
+    monkeypatch.delitem(sys.modules, "scorer.edge", raising=False)
+    assert entry.start_edge(object(), Settings.from_env({})) is None  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, run_by_iot_edge
 
 log = logging.getLogger("scorer")
 
@@ -151,13 +151,11 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
 
 def start_edge(scorer: Scorer, settings: Settings) -> Any:
     """Publish results to IoT Edge when run by it (or asked to); None otherwise."""
-    if settings.edge == "off":
+    if settings.edge == "off" or (settings.edge == "auto" and not run_by_iot_edge()):
         return None
     # Imported only here: outside IoT Edge the Azure SDK is not even loaded.
     from . import edge
 
-    if settings.edge == "auto" and not edge.in_iot_edge():
-        return None
     publisher = edge.EdgePublisher(
         scorer,
         output=settings.edge_output,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -24,22 +23,6 @@ from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
 from .core import Result, Scorer
 
 log = logging.getLogger(__name__)
-
-EDGE_VARIABLES = (
-    "IOTEDGE_WORKLOADURI",
-    "IOTEDGE_DEVICEID",
-    "IOTEDGE_MODULEID",
-    "IOTEDGE_GATEWAYHOSTNAME",
-    "IOTEDGE_IOTHUBHOSTNAME",
-    "IOTEDGE_MODULEGENERATIONID",
-    "IOTEDGE_APIVERSION",
-)
-
-
-def in_iot_edge(environ: Mapping[str, str] | None = None) -> bool:
-    """True when IoT Edge started this process (its module environment is complete)."""
-    environ = os.environ if environ is None else environ
-    return all(environ.get(name) for name in EDGE_VARIABLES)
 
 
 def _desired_threshold(value: Any) -> float:

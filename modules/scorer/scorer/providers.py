@@ -1,25 +1,25 @@
 """Execution providers: which ones really initialise here, in TensorRT -> CUDA -> CPU order.
 
-ONNX Runtime writes its own log lines straight to the process's stdout/stderr; a CPU-only
-machine with `onnxruntime-gpu` would start with a wall of CUDA errors. While we probe and
-create sessions those lines are captured at the file-descriptor level and re-emitted through
-`logging`, so operators see them only at the level they asked for.
+Each GPU provider is probed in a short-lived child process: a provider that fails to load
+writes its errors (a wall of them on a CPU machine with `onnxruntime-gpu`) to the child's
+stderr, which we read for the reason, and a driver that crashes takes only the child down.
+The serving process's own file descriptors are never touched, so no other thread's output
+is lost; ONNX Runtime's own logger follows our log level through its API.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import glob
 import grp
-import io
+import json
 import logging
 import os
 import re
+import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 log = logging.getLogger(__name__)
-ort_log = logging.getLogger("onnxruntime")
 
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PREFERENCE = (TENSORRT, "CUDAExecutionProvider")
 CPU = "CPUExecutionProvider"
-_SEVERITY = {"V": logging.DEBUG, "I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOAD_ERROR = re.compile(r"with error: (.*)")
 # Device nodes a CUDA context opens: Jetson's nvmap/nvhost/nvgpu (JetPack 5 and 6), and the
@@ -116,49 +114,6 @@ def ort_severity(level: int) -> int:
     return 3
 
 
-@contextlib.contextmanager
-def native_output_to_logging(expected_failures: bool = False) -> Iterator[list[str]]:
-    """Capture what native code prints to fds 1 and 2 and forward it line by line to logging.
-
-    With `expected_failures` (provider probing), errors are logged at DEBUG: a missing CUDA
-    on a CPU machine is the normal case there and is summarised in one INFO line instead.
-    Yields a list that holds the captured lines once the block has ended.
-    """
-    lines: list[str] = []
-    python_output = io.StringIO()  # onnxruntime's Python layer print()s its fallback notes
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 1)
-        os.dup2(capture.fileno(), 2)
-        try:
-            with (
-                contextlib.redirect_stdout(python_output),
-                contextlib.redirect_stderr(python_output),
-            ):
-                yield lines
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            capture.seek(0)
-            text = python_output.getvalue() + capture.read().decode("utf-8", "replace")
-            for raw in text.splitlines():
-                line = _ANSI.sub("", raw).strip()
-                if not line or set(line) <= {"*"}:
-                    continue
-                lines.append(line)
-                match = re.search(r"\[([VIWEF]):onnxruntime", line)
-                level = _SEVERITY.get(match.group(1), logging.ERROR) if match else logging.INFO
-                if expected_failures:
-                    level = logging.DEBUG
-                ort_log.log(level, "%s", line)
-
-
 def _probe_model() -> bytes:
     """A one-node graph, enough to make a provider load its libraries and initialise."""
     graph = helper.make_graph(
@@ -171,25 +126,43 @@ def _probe_model() -> bytes:
     return model.SerializeToString()
 
 
-def provider_works(name: str, options: dict[str, Any] | None = None) -> tuple[bool, str]:
+PROBE = """
+import json, sys
+import onnxruntime as ort
+session = ort.InferenceSession(sys.stdin.buffer.read(),
+                               providers=[sys.argv[1], "CPUExecutionProvider"])
+print(json.dumps(session.get_providers()))
+"""
+PROBE_TIMEOUT_S = 300  # TensorRT's first initialisation on a Jetson can take a while
+
+
+def provider_works(name: str) -> tuple[bool, str]:
     """Whether `name` really initialises here, with the reason when it does not."""
     if name == CPU:
         return True, ""
     if name not in ort.get_available_providers():
         return False, "not in this onnxruntime build"
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = 3
     try:
-        with native_output_to_logging(expected_failures=True) as lines:
-            session = ort.InferenceSession(
-                _probe_model(), session_options, providers=[(name, options or {}), CPU]
-            )
-    except Exception as error:  # noqa: BLE001 - any native failure means "not usable"
-        return False, str(error).splitlines()[0][:200]
-    if name not in session.get_providers():
-        reasons = [m.group(1) for m in map(_LOAD_ERROR.search, lines) if m]
-        return False, reasons[0] if reasons else "it did not initialise (no GPU or drivers)"
-    return True, ""
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, name],
+            input=_probe_model(),
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"it did not initialise within {PROBE_TIMEOUT_S} s"
+    output = probe.stdout.decode("utf-8", "replace").strip()
+    used = json.loads(output.splitlines()[-1]) if probe.returncode == 0 and output else []
+    if name in used:
+        return True, ""
+    # onnxruntime prints its fallback notes to stdout and native errors to stderr
+    errors = _ANSI.sub("", probe.stderr.decode("utf-8", "replace") + "\n" + output)
+    for line in errors.splitlines():
+        log.debug("probe of %s: %s", name, line)
+    reasons = (
+        _LOAD_ERROR.findall(errors) or [line for line in errors.splitlines() if line.strip()][-1:]
+    )
+    return False, (reasons[0] if reasons else "it did not initialise (no GPU or drivers)")[:300]
 
 
 def tensorrt_options(fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
@@ -222,7 +195,7 @@ def resolve(requested: Sequence[str], trt: dict[str, Any]) -> tuple[ProviderList
     if tuple(requested) == ("auto",):
         fallbacks: list[Fallback] = []
         for name in GPU_PREFERENCE:
-            works, why = provider_works(name, options.get(name))
+            works, why = provider_works(name)
             if works:
                 chosen.append((name, options[name]) if name in options else name)
             elif name not in ort.get_available_providers():
@@ -240,7 +213,7 @@ def resolve(requested: Sequence[str], trt: dict[str, Any]) -> tuple[ProviderList
                 )
         return [*chosen, CPU], fallbacks
     for name in requested:
-        works, why = provider_works(name, options.get(name))
+        works, why = provider_works(name)
         if not works:
             if name in ort.get_available_providers():
                 why = classify_failure(name, why, nodes).detail

@@ -54,12 +54,13 @@ def open_session(
     log_level: int = logging.INFO,
 ) -> LoadedModel:
     """Create the session with the given providers, ONNX Runtime's logs through `logging`."""
+    severity = providers.ort_severity(log_level)
+    ort.set_default_logger_severity(severity)  # ONNX Runtime's own log, at our level
     options = ort.SessionOptions()
-    options.log_severity_level = providers.ort_severity(log_level)
+    options.log_severity_level = severity
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        with providers.native_output_to_logging():
-            session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
+        session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"{spec.onnx_path}: ONNX Runtime cannot load it ({error})") from None
     return LoadedModel(spec, session)

@@ -16,6 +16,28 @@ PROVIDER_NAMES = {
 }
 
 
+# What IoT Edge sets for every module it starts (and what the SDK's
+# create_from_edge_environment reads).
+EDGE_VARIABLES = (
+    "IOTEDGE_WORKLOADURI",
+    "IOTEDGE_DEVICEID",
+    "IOTEDGE_MODULEID",
+    "IOTEDGE_GATEWAYHOSTNAME",
+    "IOTEDGE_IOTHUBHOSTNAME",
+    "IOTEDGE_MODULEGENERATIONID",
+    "IOTEDGE_APIVERSION",
+)
+
+
+def run_by_iot_edge(environ: Mapping[str, str] | None = None) -> bool:
+    """True when IoT Edge started this process (its module environment is complete).
+
+    Checked here, not in edge.py, so that outside IoT Edge the Azure SDK is never imported.
+    """
+    environ = os.environ if environ is None else environ
+    return all(environ.get(name) for name in EDGE_VARIABLES)
+
+
 class SettingsError(ValueError):
     """A setting has a value the scorer cannot start with; the message names the variable."""
 
