@@ -24,6 +24,10 @@ from tests.conftest import REPO
 from tests.edge.harness import make_certificates
 from tests.schemas import errors
 
+EDGE_AGENT_ANSWERS = {
+    "GetModuleLogs": [{"id": "scorer", "payload": "<6> 2026-11-30 scorer ready\n"}],
+    "UploadSupportBundle": {"status": "NotStarted", "message": "", "correlationId": "c0ffee"},
+}
 KEY = base64.b64encode(b"test-shared-access-key-0123456789").decode()
 DEVICE = "jetson-01"
 
@@ -33,10 +37,12 @@ class HubStub:
 
     def __init__(self, folder: Path) -> None:
         ca, cert, key = make_certificates(folder, ["127.0.0.1"])
+        self.folder = folder
         self.ca = ca
         self.requests: list[dict[str, Any]] = []
         self.fail_with: int | None = None
         self.agent_twin: dict[str, Any] = {}
+        self.configurations: dict[str, dict[str, Any]] = {}
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -62,7 +68,7 @@ class HubStub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_PUT = do_POST = do_PATCH = _handle
+            do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -79,8 +85,21 @@ class HubStub:
             return self.fail_with, {"Message": f"ErrorCode:Simulated;{self.fail_with}"}
         if path.endswith("/applyConfigurationContent"):
             return 204, None  # as IoT Hub answers it
+        if path == "/configurations":
+            return 200, list(self.configurations.values())
         if path.startswith("/configurations/"):
-            return 200, body
+            name = path.removeprefix("/configurations/")
+            if method == "PUT":
+                self.configurations[name] = {**body, "etag": "AAAA"}
+                return 200, self.configurations[name]
+            if name not in self.configurations:
+                return 404, {"Message": f"ErrorCode:ConfigurationNotFound;{name}"}
+            if method == "DELETE":
+                del self.configurations[name]
+                return 204, None
+            return 200, self.configurations[name]
+        if path.endswith("/modules/$edgeAgent/methods"):
+            return 200, {"status": 200, "payload": EDGE_AGENT_ANSWERS[body["methodName"]]}
         if path.endswith("/modules/$edgeAgent"):
             return 200, self.agent_twin
         if path.endswith("/methods"):
@@ -123,6 +142,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deploy(hub: HubStub, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "IOTHUB_CONNECTION_STRING"}
     env.update(
+        DEPLOY_HISTORY_DIR=str(hub.folder / "history"),
         IOTHUB_CONNECTION_STRING=(
             f"HostName={hub.host};SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
         ),
@@ -315,3 +335,101 @@ def test_connection_string_only_from_the_environment(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "IOTHUB_CONNECTION_STRING is not set" in result.stderr
+
+
+def fleet(hub: HubStub, manifest: Path, name: str, priority: int) -> None:
+    result = deploy(
+        hub, "fleet", name, "--target-condition", "tags.site='plant-1'", "--priority",
+        str(priority), "--manifest", str(manifest),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_list_show_and_delete_deployments(hub: HubStub, manifest: Path) -> None:
+    fleet(hub, manifest, "scorer-v1", 10)
+    fleet(hub, manifest, "scorer-v2", 20)
+    listed = deploy(hub, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert rows == ["scorer-v2", "scorer-v1"]  # highest priority first
+    shown = deploy(hub, "show", "scorer-v1")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["priority"] == 10
+    deleted = deploy(hub, "delete", "scorer-v2")
+    assert deleted.returncode == 0, deleted.stderr
+    assert hub.requests[-1]["method"] == "DELETE"
+    assert list(hub.configurations) == ["scorer-v1"]
+    gone = deploy(hub, "show", "scorer-v2")
+    assert gone.returncode == 1 and "not found on IoT Hub: deployment scorer-v2" in gone.stderr
+
+
+def test_rollback_device_reapplies_the_deployment_before_the_last(
+    hub: HubStub, manifest: Path, tmp_path: Path
+) -> None:
+    first = json.loads(manifest.read_text())
+    second = json.loads(manifest.read_text())
+    second["modulesContent"]["relay"]["properties.desired"]["minProbability"] = 0.9
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(second))
+    assert deploy(hub, "rollback", "device", DEVICE).returncode == 1  # nothing kept yet
+    for path in (manifest, newer):
+        assert deploy(hub, "device", DEVICE, "--manifest", str(path)).returncode == 0
+    result = deploy(hub, "rollback", "device", DEVICE)
+    assert result.returncode == 0, result.stderr
+    assert hub.requests[-1]["path"] == f"/devices/{DEVICE}/applyConfigurationContent"
+    assert hub.requests[-1]["body"]["modulesContent"] == first["modulesContent"]
+
+
+def test_rollback_fleet_puts_the_older_content_above_the_newer(
+    hub: HubStub, manifest: Path
+) -> None:
+    fleet(hub, manifest, "scorer-v1", 10)
+    fleet(hub, manifest, "scorer-v2", 20)
+    result = deploy(hub, "rollback", "fleet", "scorer-v2", "--to", "scorer-v1")
+    assert result.returncode == 0, result.stderr
+    (rollback_id,) = [c for c in hub.configurations if c.startswith("scorer-v1-rollback-")]
+    created = hub.configurations[rollback_id]
+    assert created["priority"] == 21
+    assert created["targetCondition"] == "tags.site='plant-1'"
+    assert created["content"] == hub.configurations["scorer-v1"]["content"]
+    assert f"[[{rollback_id}]]" in created["metrics"]["queries"]["reportedSuccessfulCount"]
+
+
+def test_logs_come_from_edge_agent_get_module_logs(hub: HubStub) -> None:
+    result = deploy(hub, "logs", DEVICE, "scorer", "--tail", "50", "--since", "1h")
+    assert result.returncode == 0, result.stderr
+    (request,) = hub.requests
+    assert request["path"] == f"/twins/{DEVICE}/modules/$edgeAgent/methods"
+    assert request["body"]["methodName"] == "GetModuleLogs"
+    assert request["body"]["payload"] == {
+        "schemaVersion": "1.0",
+        "items": [{"id": "scorer", "filter": {"tail": 50, "since": "1h"}}],
+        "encoding": "none",
+        "contentType": "text",
+    }
+    assert result.stdout == "<6> 2026-11-30 scorer ready\n"
+
+
+def test_support_bundle_upload(hub: HubStub) -> None:
+    sas = "https://store.blob.core.windows.net/bundles?sv=2024&sig=x"
+    result = deploy(hub, "logs", DEVICE, "--bundle", sas)
+    assert result.returncode == 0, result.stderr
+    body = hub.requests[0]["body"]
+    assert body["methodName"] == "UploadSupportBundle"
+    assert body["payload"] == {"schemaVersion": "1.0", "sasUrl": sas, "since": "1d"}
+    assert "c0ffee" in result.stdout
+
+
+def test_metrics_layer_deploys_as_it_is(hub: HubStub, tmp_path: Path) -> None:
+    out = tmp_path / "config"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "genconfig"), "--env", str(REPO / ".env.example"),
+         "--template", str(REPO / "deployment.metrics.template.json"), "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    result = deploy(
+        hub, "fleet", "metrics", "--target-condition", "tags.metrics=true", "--priority", "30",
+        "--layered", "--manifest", str(out / "deployment.metrics.arm64v8.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    content = hub.configurations["metrics"]["content"]["modulesContent"]
+    assert list(content["$edgeAgent"]) == ["properties.desired.modules.metricsCollector"]

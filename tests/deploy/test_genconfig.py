@@ -15,14 +15,19 @@ from tests.conftest import REPO
 from tests.schemas import errors
 
 IOTEDGEDEV = REPO / ".venv-iotedgedev" / "bin" / "iotedgedev"
-PLATFORMS = ("arm64v8", "amd64", "amd64.cpu")
+# platform -> (its template, the file genconfig writes)
+PLATFORMS = {
+    "arm64v8": ("deployment.template.json", "deployment.arm64v8.json"),
+    "amd64": ("deployment.gpu.template.json", "deployment.gpu.amd64.json"),
+    "amd64.cpu": ("deployment.cpu.template.json", "deployment.cpu.amd64.cpu.json"),
+}
 
 
 @pytest.fixture
 def solution(tmp_path: Path) -> Path:
     """A copy of the solution with a .env made from .env.example and a long createOptions."""
-    for name in ("deployment.template.json", ".env.example"):
-        shutil.copy(REPO / name, tmp_path / name)
+    for template in REPO.glob("deployment*.template.json"):
+        shutil.copy(template, tmp_path / template.name)
     for module in ("scorer", "relay"):
         (tmp_path / "modules" / module).mkdir(parents=True)
         shutil.copy(REPO / "modules" / module / "module.json", tmp_path / "modules" / module)
@@ -31,8 +36,12 @@ def solution(tmp_path: Path) -> Path:
         .read_text()
         .replace(
             "MODEL_HOST_DIR=/var/lib/customvision/model",
-            "MODEL_HOST_DIR=/var/lib/customvision/" + "a-very-long-folder-name/" * 20 + "model",
+            # an inline comment and a ${VAR} reference, read as iotedgedev reads them
+            "MODEL_ROOT=/var/lib/customvision\n"
+            "MODEL_HOST_DIR=${MODEL_ROOT}/" + "a-very-long-folder-name/" * 20 + "model"
+            "  # the export",
         )
+        .replace("SCORER_THREADS=16", "SCORER_THREADS=12  # tuned for this line's camera count")
     )
     (tmp_path / ".env").write_text(env)
     return tmp_path
@@ -47,7 +56,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names and k != "CONTAINER_TAG"}
 
 
-def genconfig(solution: Path, platform: str, env: dict[str, str] | None = None):
+def genconfig(
+    solution: Path,
+    platform: str,
+    env: dict[str, str] | None = None,
+    template: str | None = None,
+):
     return subprocess.run(
         [
             sys.executable,
@@ -55,7 +69,7 @@ def genconfig(solution: Path, platform: str, env: dict[str, str] | None = None):
             "--platform",
             platform,
             "--template",
-            str(solution / "deployment.template.json"),
+            str(solution / (template or PLATFORMS[platform][0])),
             "--env",
             str(solution / ".env"),
             "--out",
@@ -71,8 +85,9 @@ def genconfig(solution: Path, platform: str, env: dict[str, str] | None = None):
 def test_output_is_identical_to_iotedgedev(solution: Path, platform: str) -> None:
     if not IOTEDGEDEV.exists():
         pytest.fail("iotedgedev is missing: scripts/setup --dev installs it")
+    template, written = PLATFORMS[platform]
     theirs = subprocess.run(
-        [str(IOTEDGEDEV), "genconfig", "-f", "deployment.template.json", "-P", platform],
+        [str(IOTEDGEDEV), "genconfig", "-f", template, "-P", platform],
         cwd=solution,
         capture_output=True,
         text=True,
@@ -80,18 +95,23 @@ def test_output_is_identical_to_iotedgedev(solution: Path, platform: str) -> Non
     )
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
     assert genconfig(solution, platform).returncode == 0
-    ours = (solution / "ours" / f"deployment.{platform}.json").read_text()
-    assert ours == (solution / "config" / f"deployment.{platform}.json").read_text()
+    ours = (solution / "ours" / written).read_text()
+    assert ours == (solution / "config" / written).read_text()
     agent = json.loads(ours)["modulesContent"]["$edgeAgent"]["properties.desired"]
     scorer = agent["modules"]["scorer"]
     assert scorer["settings"]["image"].endswith(f":0.1.0-{platform}")
     assert "createOptions01" in scorer["settings"]  # the long bind was split at 512
+    # the .env's inline comment and ${VAR} reference mean what they mean to iotedgedev
+    assert scorer["env"]["SCORER_THREADS"] == {"value": "12"}
+    assert "/var/lib/customvision/a-very-long" in "".join(
+        v for k, v in scorer["settings"].items() if k.startswith("createOptions")
+    )
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_generated_deployment_validates(solution: Path, platform: str) -> None:
     assert genconfig(solution, platform).returncode == 0
-    manifest = json.loads((solution / "ours" / f"deployment.{platform}.json").read_text())
+    manifest = json.loads((solution / "ours" / PLATFORMS[platform][1]).read_text())
     assert errors("azure-iot-edge-deployment-2.0.json", manifest) == []
     content = manifest["modulesContent"]
     assert (
@@ -119,6 +139,32 @@ def test_a_missing_variable_is_an_error_naming_it(solution: Path) -> None:
 def test_the_environment_wins_over_env_file_and_container_tag_is_applied(solution: Path) -> None:
     env = {**_clean_env(), "CONTAINER_REGISTRY_SERVER": "other.azurecr.io", "CONTAINER_TAG": "rc1"}
     assert genconfig(solution, "amd64", env).returncode == 0
-    manifest = json.loads((solution / "ours" / "deployment.amd64.json").read_text())
+    manifest = json.loads((solution / "ours" / "deployment.gpu.amd64.json").read_text())
     relay = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["relay"]
     assert relay["settings"]["image"] == "other.azurecr.io/customvision-relay:0.1.0-rc1-amd64"
+
+
+def test_metrics_layer_expands_and_merges_into_a_valid_deployment(solution: Path) -> None:
+    """iotedgedev cannot expand a layered template; ours does, the same way."""
+    assert genconfig(solution, "arm64v8").returncode == 0
+    result = genconfig(solution, "arm64v8", template="deployment.metrics.template.json")
+    assert result.returncode == 0, result.stderr
+    layer = json.loads((solution / "ours" / "deployment.metrics.arm64v8.json").read_text())
+    base = json.loads((solution / "ours" / "deployment.arm64v8.json").read_text())
+    content = base["modulesContent"]
+    for module, paths in layer["modulesContent"].items():
+        for path, value in paths.items():  # how IoT Hub applies a layer: by property path
+            *parents, leaf = path.removeprefix("properties.desired.").split(".")
+            target = content[module]["properties.desired"]
+            for key in parents:
+                target = target.setdefault(key, {})
+            target[leaf] = value
+    collector = content["$edgeAgent"]["properties.desired"]["modules"]["metricsCollector"]
+    assert isinstance(collector["settings"]["createOptions"], str)
+    endpoints = collector["env"]["MetricsEndpointsCSV"]["value"].split(",")
+    assert "http://scorer:8080/metrics" in endpoints and "http://relay:9601/metrics" in endpoints
+    assert collector["env"]["ScrapeFrequencyInSecs"] == {"value": "300"}
+    assert errors("azure-iot-edge-deployment-2.0.json", base) == []
+    agent = {"$edgeAgent": content["$edgeAgent"]}
+    assert errors("azure-iot-edgeagent-deployment-1.1.json", agent) == []
+    assert errors("azure-iot-edgehub-deployment-1.2.json", {"$edgeHub": content["$edgeHub"]}) == []

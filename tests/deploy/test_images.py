@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.deploy.dockerfile import stages
 from tests.edge.harness import module_environment, wait_for
 
@@ -74,12 +73,6 @@ def _fresh_venv(folder: Path, requirements: list[Path]) -> Path:
     return python
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _replay(
     dockerfile: Path, extra_requirements: list[Path], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -129,7 +122,7 @@ def test_scorer_image_replayed_passes_its_healthcheck(
     env = {
         "SCORER_MODEL_DIR": str(demo_dir / "models" / "colors"),
         "SCORER_CACHE_DIR": str(tmp_path / "cache"),
-        "SCORER_HTTP_PORT": str(_free_port()),
+        "SCORER_HTTP_PORT": str(free_port()),
         "SCORER_GRPC_PORT": "0",
         "SCORER_HOST": "127.0.0.1",
         "HOME": str(tmp_path),
@@ -142,6 +135,7 @@ def test_relay_image_replayed_passes_its_healthcheck(device, tmp_path: Path) -> 
     env.update(
         RELAY_SPOOL_PATH=str(tmp_path / "spool" / "relay.db"),
         RELAY_HEARTBEAT_PATH=str(tmp_path / "heartbeat"),
+        RELAY_METRICS_PORT=str(free_port()),
         HOME=str(tmp_path),
     )
     _replay(REPO / "modules" / "relay" / "Dockerfile", [], env, tmp_path)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 
+from tests.conftest import free_port
 from tests.edge.conftest import EdgeDevice
 from tests.edge.harness import wait_for
 
@@ -19,6 +21,7 @@ def relay_settings(device: EdgeDevice, **extra: str) -> dict[str, str]:
         "RELAY_SEND_TIMEOUT_S": "3",
         "RELAY_CALL_TIMEOUT_S": "3",
         "RELAY_RECREATE_AFTER_S": "2",
+        "RELAY_METRICS_PORT": str(free_port()),
         **extra,
     }
 
@@ -108,3 +111,20 @@ def test_sigterm_keeps_what_it_could_not_send_and_sends_it_after_restart(
     device.module("relay", **settings)
     (summary,) = wait_for(lambda: device.hub.upstream_of("summary"), 30, "the kept summary")
     assert json.loads(summary["payload"])["frames"] == 3
+
+
+def test_metrics_endpoint_serves_the_same_counters_as_get_stats(device: EdgeDevice) -> None:
+    """What the IoT Edge metrics collector scrapes (http://relay:9601/metrics on the device)."""
+    settings = relay_settings(device)
+    device.module("relay", **settings)
+    device.wait_connected("relay")
+    for i in range(3):
+        device.hub.inject("relay", "results", result("cat", 0.9), f"metrics-{i}")
+    wait_for(lambda: device.hub.call("relay", "getStats", {})[1]["results"] == 3, 20, "results")
+    url = f"http://127.0.0.1:{settings['RELAY_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    assert "relay_results_total 3.0" in text
+    stats = device.hub.call("relay", "getStats", {})[1]
+    assert f"relay_queued_messages {float(stats['queued'])}" in text

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from .iothub import HubLink
+from .metrics import MetricsServer
 from .policy import Policy
 from .relay import Forwarder, Relay
 from .settings import Settings, SettingsError
@@ -48,6 +49,7 @@ class RelayModule:
             self.spool, self.link.send, settings.retry_initial_s, settings.retry_max_s
         )
         self.relay.wakeup = self.forwarder.wake
+        self.metrics = MetricsServer(settings.metrics_port, self.stats)
 
     def on_input(self, payload: bytes, message_id: str) -> None:
         if not self.accepting.is_set():
@@ -125,6 +127,7 @@ class RelayModule:
                 delay = min(delay * 2, self.settings.retry_max_s)
 
     def run(self) -> None:
+        self.metrics.start()
         self.replay_unhandled()
         self.forwarder.start()  # the spool from before the restart goes first, in order
         self.connect()
@@ -152,6 +155,7 @@ class RelayModule:
             "stopping: %s; %d messages stay spooled", "all sent" if flushed else "timeout", queued
         )
         self.forwarder.stop()
+        self.metrics.stop()
         self.link.close()
         self.spool.close()
 
@@ -165,7 +169,11 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    module = RelayModule(settings)
+    try:
+        module = RelayModule(settings)
+    except OSError as error:  # the spool's volume, or the metrics port
+        print(f"relay: cannot start: {error}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: module.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: module.stopping.set())
     try:

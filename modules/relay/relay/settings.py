@@ -45,6 +45,7 @@ class Settings:
     report_interval_s: float = 30.0
     graceful_timeout_s: float = 10.0
     heartbeat_path: Path = Path("/tmp/relay-heartbeat")  # touched every second; HEALTHCHECK
+    metrics_port: int = 9601  # GET /metrics for the metrics collector (module network only)
     log_level: str = "INFO"
 
     @classmethod
