@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,29 @@ def test_the_runtime_key_names_this_machine() -> None:
     runtime = engine_cache.runtime_key("ef" * 32, "1.31.1", fp16=True)
     assert runtime["model"] == "ef" * 32 and runtime["fp16"] == "true"
     assert runtime["tensorrt"] and runtime["gpu"]  # "none" / "unknown" on a CPU machine
+
+
+def test_a_first_engine_build_is_announced_and_ticks_until_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scorer.__main__ import EngineBuildProgress
+
+    folder = engine_cache.engine_folder(tmp_path, key())
+    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
+        time.sleep(0.1)  # the engine builds during warm-up, before ready
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith(f"building the TensorRT engine into {folder}")
+    assert any(m.startswith("still building the TensorRT engine") for m in messages)
+    assert messages[-1].startswith("TensorRT engine built in")
+
+
+def test_a_restart_reuses_the_engine_it_built(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scorer.__main__ import EngineBuildProgress
+
+    folder = engine_cache.engine_folder(tmp_path, key())
+    (folder / "TensorrtExecutionProvider_TRTKernel_graph_1_sm87.engine").write_bytes(b"x")
+    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
+        time.sleep(0.05)
+    assert [r.getMessage() for r in caplog.records] == [f"reusing the TensorRT engine in {folder}"]
