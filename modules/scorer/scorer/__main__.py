@@ -19,7 +19,6 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import ThreadWorker
 
 from . import engine_cache
 from .core import Scorer, ScorerConfig
@@ -28,6 +27,7 @@ from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
 from .settings import Settings, SettingsError, run_by_iot_edge
+from .worker import ScorerWorker
 
 log = logging.getLogger("scorer")
 
@@ -170,32 +170,13 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
     return publisher
 
 
-class ScorerWorker(ThreadWorker):
-    """gunicorn's threaded worker, which also stops the gRPC server gracefully on SIGTERM."""
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        grpc_server = getattr(self.app, "grpc_server", None)
-        if grpc_server is not None:
-            # Refuse new calls now; in-flight ones get the grace period to finish.
-            self.grpc_stopped = grpc_server.stop(self.cfg.graceful_timeout)
-        super().handle_exit(sig, frame)
-
-    def run(self) -> None:
-        super().run()
-        stopped = getattr(self, "grpc_stopped", None)
-        if stopped is not None:
-            stopped.wait(self.cfg.graceful_timeout)
-        publisher = getattr(self.app, "edge_publisher", None)
-        if publisher is not None:
-            publisher.stop()
-
-
 class ScorerServer(BaseApplication):
     """gunicorn, configured from `Settings`, with one worker that owns the model."""
 
     def __init__(self, settings: Settings, spec: ModelSpec) -> None:
         self.settings = settings
         self.spec = spec
+        self.scorer: Scorer | None = None
         self.grpc_server: Any = None
         self.edge_publisher: Any = None
         super().__init__()
@@ -227,6 +208,7 @@ class ScorerServer(BaseApplication):
     def load(self) -> Any:
         """Runs in the worker after the fork: build the scorer, load the model in background."""
         scorer = Scorer(self.spec, scorer_config(self.settings, self.spec))
+        self.scorer = scorer  # the worker counts what it refuses while reading requests
         threading.Thread(
             target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
         ).start()

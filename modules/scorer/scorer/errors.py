@@ -20,7 +20,16 @@ class Code(str, enum.Enum):
     URL_FETCH_FAILED = "URL_FETCH_FAILED"
     NOT_READY = "NOT_READY"
     OVERLOADED = "OVERLOADED"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     INTERNAL = "INTERNAL"
+
+
+def error_document(code: Code, message: str) -> dict[str, dict[str, str]]:
+    """The one error body of every HTTP answer: `{"error": {"code", "message"}}`."""
+    return {"error": {"code": code.value, "message": message}}
 
 
 class ScoringError(Exception):

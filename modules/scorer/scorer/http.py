@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .core import Code, ScoreOptions, Scorer, ScoringError
+from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ HTTP_STATUS: dict[Code, int] = {
     Code.URL_FETCH_FAILED: 502,
     Code.NOT_READY: 503,
     Code.OVERLOADED: 429,
+    Code.MALFORMED_REQUEST: 400,
+    Code.HEADERS_TOO_LARGE: 431,
+    Code.URI_TOO_LONG: 414,
+    Code.REQUEST_TIMEOUT: 408,
     Code.INTERNAL: 500,
 }
 RAW_IMAGE_TYPES = (
@@ -50,9 +55,14 @@ CONTAINER_PREFIXES = (
 )
 
 
+def printable(text: str) -> str:
+    """Text safe for one log line: control characters escaped, never a fake new line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def error_response(code: Code, message: str) -> Response:
     """The one error body of ARCHITECTURE.md, with its HTTP status."""
-    response = jsonify({"error": {"code": code.value, "message": message}})
+    response = jsonify(error_document(code, message))
     response.status_code = HTTP_STATUS[code]
     if code in (Code.OVERLOADED, Code.NOT_READY):
         response.headers["Retry-After"] = "1"
@@ -203,7 +213,13 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
     @app.after_request
     def log_request(response: Response) -> Response:
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        log.info("%s %s %d %.1f ms", request.method, request.path, response.status_code, elapsed)
+        log.info(
+            "%s %s %d %.1f ms",
+            request.method,
+            printable(request.path),
+            response.status_code,
+            elapsed,
+        )
         return response
 
     @app.errorhandler(ScoringError)

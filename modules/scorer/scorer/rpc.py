@@ -34,6 +34,10 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.URL_FETCH_FAILED: grpc.StatusCode.UNAVAILABLE,
     Code.NOT_READY: grpc.StatusCode.UNAVAILABLE,
     Code.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.HEADERS_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.URI_TOO_LONG: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

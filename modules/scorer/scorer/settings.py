@@ -137,10 +137,15 @@ class Settings:
     host: str = _setting("0.0.0.0", str, "address both servers listen on")
     http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
     grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")
-    threads: int = _setting(16, _positive_int, "HTTP worker threads (keep >= max_inflight)")
+    threads: int = _setting(
+        24, _positive_int, "HTTP threads; more than max_inflight, so health and 429s never wait"
+    )
     grpc_threads: int = _setting(16, _positive_int, "concurrent gRPC calls (a stream holds one)")
     max_inflight: int = _setting(16, _positive_int, "requests scored at once before 429")
     max_body_bytes: int = _setting(8 * 1024 * 1024, _positive_int, "largest request body")
+    client_timeout_s: float = _setting(
+        10.0, _positive_float, "a request's headers and body must arrive within this (else 408)"
+    )
     max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
@@ -189,6 +194,12 @@ class Settings:
             except ValueError as error:
                 raise SettingsError(f"{name}={environ[name]!r}: {error}") from None
         settings = cls(**values)
+        if settings.threads <= settings.max_inflight:
+            raise SettingsError(
+                f"SCORER_THREADS={settings.threads} must be more than SCORER_MAX_INFLIGHT="
+                f"{settings.max_inflight}: the threads beyond it answer health checks, metrics "
+                "and 429 at once while every slot is scoring"
+            )
         if settings.url_enabled and not settings.url_allowed_hosts:
             raise SettingsError("SCORER_URL_ENABLED=true needs SCORER_URL_ALLOWED_HOSTS")
         return settings

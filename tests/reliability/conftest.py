@@ -1,0 +1,1 @@
+"""The reliability tier: real servers driven the way slow, broken and hostile clients drive them."""
