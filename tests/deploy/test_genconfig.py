@@ -44,9 +44,7 @@ def solution(tmp_path: Path) -> Path:
         )
     )
     # an inline comment after a tuned value, whatever the example's default is
-    env = re.sub(
-        r"^SCORER_THREADS=.*$", "SCORER_THREADS=32  # tuned here", env, flags=re.M
-    )
+    env = re.sub(r"^SCORER_THREADS=.*$", "SCORER_THREADS=32  # tuned here", env, flags=re.M)
     (tmp_path / ".env").write_text(env)
     return tmp_path
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 from scorer.providers import provider_works
 
@@ -70,4 +72,39 @@ def test_insisting_on_an_unavailable_provider_stops_gunicorn(
     assert result.returncode != 0
     lines = _critical_lines(result)
     assert lines and "TensorrtExecutionProvider was requested" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [("LabelFileName", "/etc/passwd"), ("ModelFileName", "../outside.onnx")],
+)
+def test_an_export_naming_files_outside_its_folder_stops_with_one_line(
+    demo_dir: Path, tmp_path: Path, field: str, name: str
+) -> None:
+    folder = tmp_path / "export" / "model"
+    shutil.copytree(demo_dir / "models" / "colors", folder)
+    shutil.copy(folder / "model.onnx", folder.parent / "outside.onnx")
+    (folder / "cvexport.manifest").write_text(json.dumps({field: name}))
+    result = _start(scorer_env(folder, tmp_path))
+    assert result.returncode == 2
+    (line,) = _critical_lines(result)
+    assert f"{field} {name!r} is outside the model folder" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_label_mismatch_found_only_at_warm_up_stops_with_one_line(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """The output's size is symbolic, so only running the model shows 3 classes for 2 labels."""
+    folder = tmp_path / "model"
+    shutil.copytree(demo_dir / "models" / "colors", folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "labels.txt").write_text("red\ngreen\n")
+    result = _start(scorer_env(folder, tmp_path, PROVIDERS="cpu"))
+    assert result.returncode != 0
+    lines = _critical_lines(result)
+    assert len(lines) == 1 and "label" in lines[0].lower()
     assert "Traceback" not in result.stdout + result.stderr

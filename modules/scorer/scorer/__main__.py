@@ -32,6 +32,14 @@ from .worker import ScorerWorker
 log = logging.getLogger("scorer")
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one log line: our errors say it all; others also name their type."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (ModelError, RuntimeError)):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
 def model_options(settings: Settings) -> ModelOptions:
     """The per-model choices the settings make."""
     return ModelOptions(
@@ -124,11 +132,9 @@ def load_model(scorer: Scorer, settings: Settings) -> None:
         uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
         with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
             scorer.load(lambda spec: session.open_session(spec, chosen, level))
-    except (ModelError, RuntimeError) as error:
-        log.critical("cannot start: %s", error)
-        os._exit(Arbiter.WORKER_BOOT_ERROR)
-    except Exception:
-        log.critical("cannot start: unexpected error while loading the model", exc_info=True)
+    except Exception as error:
+        log.critical("cannot start: %s", one_line(error))
+        log.debug("why the model could not be loaded", exc_info=True)
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
@@ -237,8 +243,9 @@ def main() -> int:
     )
     try:
         spec = inspect_export(settings.model_dir, model_options(settings), settings.cache_dir)
-    except ModelError as error:
-        log.critical("cannot start: %s", error)
+    except Exception as error:
+        log.critical("cannot start: %s", one_line(error))
+        log.debug("why the export could not be read", exc_info=True)
         return 2
     log.info("serving %s: %s", settings.model_dir, spec.summary())
     ScorerServer(settings, spec).run()

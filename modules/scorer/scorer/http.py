@@ -46,6 +46,7 @@ RAW_IMAGE_TYPES = (
     "application/octet-stream",
 )
 MULTIPART = "multipart/form-data"
+MAX_FORM_PARTS = 16  # an image and a few fields; werkzeug's default is 1,000
 # The routes of Custom Vision's exported container, so its clients only change the address.
 CONTAINER_PREFIXES = (
     "",
@@ -91,7 +92,13 @@ def _multipart_image(preferred: tuple[str, ...]) -> bytes:
             return files[name].read()
     for name in preferred:
         if name in request.form:
-            return request.form[name].encode("latin-1")
+            try:  # a form field carries bytes only if they survived as Latin-1 text
+                return request.form[name].encode("latin-1")
+            except UnicodeEncodeError:
+                raise ScoringError(
+                    Code.INVALID_IMAGE,
+                    f"form field {name!r} is text, not image bytes: send the image as a file",
+                ) from None
     if files:
         return next(iter(files.values())).read()
     raise ScoringError(
@@ -139,6 +146,7 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
     """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off."""
     app = Flask("scorer")
     app.config["MAX_CONTENT_LENGTH"] = scorer.config.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
 
     def scored(read_image: Callable[[], bytes]) -> Response:
         with scorer.admit():
@@ -146,9 +154,15 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
             try:
                 image = read_image()
             except RequestEntityTooLarge:
+                limit = scorer.config.max_body_bytes
+                if (request.content_length or 0) <= limit:  # the size was fine: too many parts
+                    raise ScoringError(
+                        Code.INVALID_ARGUMENT,
+                        f"multipart body has more than {MAX_FORM_PARTS} parts; send one image",
+                    ) from None
                 raise ScoringError(
                     Code.BODY_TOO_LARGE,
-                    f"request body is larger than the {scorer.config.max_body_bytes}-byte limit",
+                    f"request body is larger than the {limit}-byte limit (SCORER_MAX_BODY_BYTES)",
                 ) from None
             return jsonify(scorer.score(image, options).to_dict())
 

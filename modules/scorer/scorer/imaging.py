@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,26 +50,30 @@ def decode_image(
 ) -> Image.Image:
     """Decode JPEG/PNG/BMP bytes into upright 3-channel RGB, or raise a `ScoringError`."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ScoringError(
-                    Code.IMAGE_TOO_LARGE,
-                    f"image is {width}x{height} = {width * height} pixels;"
-                    f" the limit is {limits.max_pixels}",
-                )
-            if limits.jpeg_draft and draft_size and image.format == "JPEG":
-                image.draft("RGB", draft_size)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        # Our own limit is checked from the header, before any pixel is decoded; Pillow's
+        # bomb check (a process-wide setting) only fires first for truly absurd sizes.
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise ScoringError(
+                Code.IMAGE_TOO_LARGE,
+                f"image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
+            )
+        if limits.jpeg_draft and draft_size and image.format == "JPEG":
+            image.draft("RGB", draft_size)
+        image.load()
+        image = ImageOps.exif_transpose(image)
     except ScoringError:
         raise
     except UnidentifiedImageError:
         raise ScoringError(Code.INVALID_IMAGE, "body is not a JPEG, PNG or BMP image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ScoringError(Code.IMAGE_TOO_LARGE, str(error)) from None
+    except Image.DecompressionBombError:
+        raise ScoringError(
+            Code.IMAGE_TOO_LARGE,
+            f"image has more than {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is "
+            f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ScoringError(Code.INVALID_IMAGE, f"image cannot be decoded: {error}") from None
     if width == 0 or height == 0:

@@ -121,6 +121,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def inside(directory: Path, name: str, field: str) -> Path:
+    """`directory / name`, refusing a name from an export's files that leads out of it.
+
+    A crafted `cvexport.manifest` could otherwise serve /etc/passwd as the labels.
+    """
+    path = directory / name
+    root = directory.resolve()
+    if not path.resolve().is_relative_to(root):
+        manifest = directory / MANIFEST_FILE
+        raise ModelError(f"{manifest}: {field} {name!r} is outside the model folder")
+    return path
+
+
 def _model_files(directory: Path) -> tuple[Path, Path]:
     """model.onnx and labels.txt, or the names `cvexport.manifest` gives."""
     if not directory.is_dir():
@@ -131,7 +144,8 @@ def _model_files(directory: Path) -> tuple[Path, Path]:
         data = _read_json(manifest)
         model_name = str(data.get("ModelFileName") or model_name)
         labels_name = str(data.get("LabelFileName") or labels_name)
-    model_path, labels_path = directory / model_name, directory / labels_name
+    model_path = inside(directory, model_name, "ModelFileName")
+    labels_path = inside(directory, labels_name, "LabelFileName")
     for path in (model_path, labels_path):
         if not path.is_file():
             raise ModelError(
