@@ -163,7 +163,7 @@ def test_a_bad_frame_does_not_end_the_stream(client: GrpcClient, demo_dir: Path)
 def test_cancelling_a_stream_frees_the_server(
     start_scorer: Callable[..., ScorerProcess], demo_dir: Path
 ) -> None:
-    server = start_scorer(demo_dir / "models" / "colors", GRPC_THREADS="1")
+    server = start_scorer(demo_dir / "models" / "colors", MAX_INFLIGHT="1", THREADS="4")
     client = GrpcClient(server.grpc_target)
     image = (demo_dir / "images" / "green.jpg").read_bytes()
     stop = threading.Event()
@@ -179,7 +179,7 @@ def test_cancelling_a_stream_frees_the_server(
         next(call)
     call.cancel()
     stop.set()
-    # With one gRPC worker, this succeeds only if the cancelled stream gave its thread back.
+    # With one in-flight slot, this succeeds only if the cancelled stream gave its slot back.
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -219,7 +219,7 @@ def test_reflection_lists_the_service(client: GrpcClient) -> None:
 def test_sigterm_during_a_burst_finishes_the_calls_in_flight(
     start_scorer: Callable[..., ScorerProcess], slow_model_dir: Path
 ) -> None:
-    server = start_scorer(slow_model_dir, MAX_INFLIGHT="4", GRPC_THREADS="4")
+    server = start_scorer(slow_model_dir, MAX_INFLIGHT="4")
     client = GrpcClient(server.grpc_target, timeout=60)
     image = _png((90, 40, 200))
     with concurrent.futures.ThreadPoolExecutor(3) as pool:

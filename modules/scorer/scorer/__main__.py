@@ -145,7 +145,7 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
 
     try:
         server, port = create_server(
-            scorer, f"{settings.host}:{settings.grpc_port}", settings.grpc_threads
+            scorer, f"{settings.host}:{settings.grpc_port}", settings.grpc_max_calls
         )
     except RuntimeError as error:
         log.critical("cannot start: %s", error)

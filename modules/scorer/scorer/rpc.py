@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator
 from concurrent import futures
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .core import Code, Result, ScoreOptions, Scorer, ScoringError
-from .generated import scoring_pb2, scoring_pb2_grpc
+from .generated import scoring_pb2
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +92,43 @@ def model_message(info: dict[str, Any]) -> scoring_pb2.ModelInfo:
     )
 
 
-class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
-    """Translates `scoring.v1.Scoring` calls into `Scorer.score`; no scoring logic here."""
+class ScoringServicer:
+    """Translates `scoring.v1.Scoring` calls into `Scorer.score`; no scoring logic here.
 
-    def __init__(self, scorer: Scorer) -> None:
+    Runs on the server's event loop: a call or a stream costs no thread while it waits for
+    frames. Each frame takes an in-flight slot (answered OVERLOADED at once when none is
+    free) and is scored on the scoring pool, which has one thread per slot.
+    """
+
+    def __init__(self, scorer: Scorer, pool: futures.ThreadPoolExecutor) -> None:
         self.scorer = scorer
+        self.pool = pool
+        self.stopping = asyncio.Event()
 
     def _score(self, request: scoring_pb2.ScoreRequest) -> scoring_pb2.ScoreResponse:
-        with self.scorer.admit():
-            limit = self.scorer.config.max_body_bytes
-            if len(request.image) > limit:
-                raise ScoringError(
-                    Code.BODY_TOO_LARGE, f"image is larger than the {limit}-byte limit"
-                )
-            options = ScoreOptions(
-                request.threshold if request.HasField("threshold") else None,
-                request.max_predictions if request.HasField("max_predictions") else None,
+        limit = self.scorer.config.max_body_bytes
+        if len(request.image) > limit:
+            raise ScoringError(
+                Code.BODY_TOO_LARGE,
+                f"image is larger than the {limit}-byte limit (SCORER_MAX_BODY_BYTES)",
             )
-            return result_message(self.scorer.score(request.image, options), request.request_id)
+        options = ScoreOptions(
+            request.threshold if request.HasField("threshold") else None,
+            request.max_predictions if request.HasField("max_predictions") else None,
+        )
+        return result_message(self.scorer.score(request.image, options), request.request_id)
 
-    def _outcome(self, request: scoring_pb2.ScoreRequest) -> scoring_pb2.ScoreResponse:
+    async def _outcome(self, data: bytes) -> scoring_pb2.ScoreResponse:
         """A response, or one carrying the error; unexpected failures become INTERNAL."""
         try:
-            return self._score(request)
+            request = scoring_pb2.ScoreRequest.FromString(data)
+        except DecodeError:
+            return _error_response("", Code.INVALID_ARGUMENT, "not a scoring.v1.ScoreRequest")
+        try:
+            with self.scorer.admit():
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self._score, request
+                )
         except ScoringError as error:
             return _error_response(request.request_id, error.code, error.message)
         except Exception as error:
@@ -119,26 +136,66 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             message = f"internal error ({type(error).__name__}); logged"
             return _error_response(request.request_id, Code.INTERNAL, message)
 
-    def Score(
-        self, request: scoring_pb2.ScoreRequest, context: grpc.ServicerContext
+    async def Score(
+        self, data: bytes, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.ScoreResponse:
-        response = self._outcome(request)
+        response = await self._outcome(data)
         if response.HasField("error"):
             code = Code(response.error.code)
             context.set_trailing_metadata(((ERROR_CODE_KEY, code.value),))
-            context.abort(GRPC_STATUS[code], response.error.message)
+            await context.abort(GRPC_STATUS[code], response.error.message)
         return response
 
-    def ScoreStream(
-        self, request_iterator: Iterator[scoring_pb2.ScoreRequest], context: grpc.ServicerContext
-    ) -> Iterator[scoring_pb2.ScoreResponse]:
-        for request in request_iterator:
-            yield self._outcome(request)
+    async def ScoreStream(
+        self, frames: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scoring_pb2.ScoreResponse]:
+        """One answer per frame, in order; on SIGTERM the frame being scored is answered,
+        then the stream ends with UNAVAILABLE instead of waiting out the grace period."""
+        reader = frames.__aiter__()
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while True:
+                next_frame = asyncio.ensure_future(reader.__anext__())
+                await asyncio.wait({next_frame, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_frame.done():
+                    next_frame.cancel()
+                    context.set_trailing_metadata(((ERROR_CODE_KEY, Code.NOT_READY.value),))
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the server is stopping; reconnect and retry"
+                    )
+                try:
+                    data = next_frame.result()
+                except StopAsyncIteration:
+                    return
+                yield await self._outcome(data)
+        finally:
+            stopping.cancel()
 
-    def GetModel(
-        self, request: scoring_pb2.GetModelRequest, context: grpc.ServicerContext
+    async def GetModel(
+        self, request: scoring_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.ModelInfo:
         return model_message(self.scorer.model_info())
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service, taking raw request bytes so that an undecodable one is
+        INVALID_ARGUMENT (with gRPC's own deserialisation it would be INTERNAL)."""
+        serialize = scoring_pb2.ScoreResponse.SerializeToString
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Score": grpc.unary_unary_rpc_method_handler(
+                    self.Score, response_serializer=serialize
+                ),
+                "ScoreStream": grpc.stream_stream_rpc_method_handler(
+                    self.ScoreStream, response_serializer=serialize
+                ),
+                "GetModel": grpc.unary_unary_rpc_method_handler(
+                    self.GetModel,
+                    request_deserializer=scoring_pb2.GetModelRequest.FromString,
+                    response_serializer=scoring_pb2.ModelInfo.SerializeToString,
+                ),
+            },
+        )
 
 
 def _error_response(request_id: str, code: Code, message: str) -> scoring_pb2.ScoreResponse:
@@ -147,36 +204,76 @@ def _error_response(request_id: str, code: Code, message: str) -> scoring_pb2.Sc
     )
 
 
-def create_server(scorer: Scorer, address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
+class GrpcServer:
+    """The gRPC front end on an event loop of its own, in a thread beside gunicorn's."""
+
+    def __init__(self, scorer: Scorer, address: str, max_calls: int) -> None:
+        self.scorer = scorer
+        self.loop = asyncio.new_event_loop()
+        self.pool = futures.ThreadPoolExecutor(
+            scorer.config.max_inflight, thread_name_prefix="grpc-score"
+        )
+        threading.Thread(target=self.loop.run_forever, name="grpc", daemon=True).start()
+        self.port = self._call(self._build(address, max_calls))
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _build(self, address: str, max_calls: int) -> int:
+        message_limit = self.scorer.config.max_body_bytes + MESSAGE_OVERHEAD_BYTES
+        self.servicer = ScoringServicer(self.scorer, self.pool)
+        self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=max_calls,
+            options=[
+                ("grpc.max_receive_message_length", message_limit),
+                ("grpc.max_send_message_length", message_limit),
+                # a second scorer must not share this port (and split the clients)
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.server.add_generic_rpc_handlers((self.servicer.handler(),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # never waited on: the listener may run on this loop (a model already warm)
+        self.scorer.when_ready(lambda: asyncio.run_coroutine_threadsafe(self._serving(), self.loop))
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise RuntimeError(f"gRPC cannot listen on {address} ({error})") from None
+        if port == 0:
+            raise RuntimeError(f"gRPC cannot listen on {address} (in use?)")
+        return port
+
+    async def _serving(self) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def start(self) -> None:
+        self._call(self.server.start())
+
+    def stop(self, grace: float) -> threading.Event:
+        """Refuse new calls now; calls in flight get `grace`; streams end after their frame."""
+        stopped = threading.Event()
+
+        async def stop() -> None:
+            self.servicer.stopping.set()
+            await self.server.stop(grace)
+            stopped.set()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        return stopped
+
+
+def create_server(scorer: Scorer, address: str, max_calls: int = 256) -> tuple[GrpcServer, int]:
     """A gRPC server (not started) for the scorer, with health and reflection; and its port.
 
-    `max_workers` bounds concurrent calls (a stream holds one for its life); beyond it gRPC
-    answers RESOURCE_EXHAUSTED at once instead of queueing.
+    `max_calls` bounds concurrent calls, streams included (each costs memory, not a thread);
+    beyond it gRPC answers RESOURCE_EXHAUSTED at once.
     """
-    message_limit = scorer.config.max_body_bytes + MESSAGE_OVERHEAD_BYTES
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"),
-        maximum_concurrent_rpcs=max_workers,
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-        ],
-    )
-    scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(scorer), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    def serving() -> None:
-        for service in ("", SERVICE_NAME):
-            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-
-    scorer.when_ready(serving)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"cannot listen for gRPC on {address}")
-    return server, port
+    server = GrpcServer(scorer, address, max_calls)
+    return server, server.port

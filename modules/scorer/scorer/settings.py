@@ -140,7 +140,9 @@ class Settings:
     threads: int = _setting(
         24, _positive_int, "HTTP threads; more than max_inflight, so health and 429s never wait"
     )
-    grpc_threads: int = _setting(16, _positive_int, "concurrent gRPC calls (a stream holds one)")
+    grpc_max_calls: int = _setting(
+        256, _positive_int, "concurrent gRPC calls, streams included (they cost no thread)"
+    )
     max_inflight: int = _setting(16, _positive_int, "requests scored at once before 429")
     max_body_bytes: int = _setting(8 * 1024 * 1024, _positive_int, "largest request body")
     client_timeout_s: float = _setting(
