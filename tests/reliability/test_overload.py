@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import time
 from collections.abc import Callable
@@ -51,3 +52,22 @@ def test_a_burst_beyond_capacity_gets_only_200_and_immediate_429(
     assert max(refused) < min(scored) and health_seconds < min(scored)
     count = f'scorer_requests_total{{code="OVERLOADED"}} {float(len(refused))}'
     assert count in requests.get(server.url + "/metrics").text
+
+
+def test_an_inference_past_its_timeout_stops_the_scorer_with_a_failing_status(
+    start_scorer: Callable[..., ScorerProcess], slow_model_dir: Path
+) -> None:
+    """A model made to run long stands for a hung GPU: the watchdog ends the process."""
+    server = start_scorer(slow_model_dir, PROVIDERS="cpu", INFERENCE_TIMEOUT_S="0.2")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(buffer, "PNG")
+    with contextlib.suppress(requests.ConnectionError):  # the process may go before it answers
+        requests.post(
+            server.url + "/score",
+            data=buffer.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+    assert server.proc.wait(30) != 0
+    assert "over SCORER_INFERENCE_TIMEOUT_S=0.2" in server.log
+    assert "stopping the scorer so that it is restarted" in server.log

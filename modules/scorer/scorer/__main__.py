@@ -27,6 +27,7 @@ from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
 from .settings import Settings, SettingsError, run_by_iot_edge
+from .watchdog import Watchdog
 from .worker import ScorerWorker
 
 log = logging.getLogger("scorer")
@@ -138,6 +139,12 @@ def load_model(scorer: Scorer, settings: Settings) -> None:
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+def end_the_process(reason: str) -> None:
+    """Leave at once with a failing status: gunicorn's master stops too, and IoT Edge (or
+    whoever runs the scorer) starts it again on a fresh session and device context."""
+    os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+
 def start_grpc(scorer: Scorer, settings: Settings) -> Any:
     """Start the gRPC server on the worker's scorer; a port it cannot bind ends the worker."""
     # Imported after the fork, like onnxruntime: gRPC's core must not run in the master.
@@ -218,6 +225,7 @@ class ScorerServer(BaseApplication):
         threading.Thread(
             target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
         ).start()
+        Watchdog(scorer, self.settings.inference_timeout_s, end_the_process).start()
         self.grpc_server = start_grpc(scorer, self.settings)
         self.edge_publisher = start_edge(scorer, self.settings)
         policy = None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import logging
+import re
 import threading
 import time
 import uuid
@@ -24,6 +26,13 @@ if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
 __all__ = ["Code", "Result", "ScoreOptions", "Scorer", "ScorerConfig", "ScoringError"]
 
 log = logging.getLogger(__name__)
+
+# What ONNX Runtime's CUDA and TensorRT providers say when the device, not the input, failed.
+DEVICE_ERROR = re.compile(
+    r"CUDA failure|CUDA error|cudaError|CUBLAS_STATUS|CUDNN_STATUS|illegal memory access|"
+    r"device-side assert|TensorRT EP execution context enqueue fail",
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +135,41 @@ class Scorer:
         self.sink: ResultSink | None = None
         # GPU providers `auto` dropped, as {"provider", "reason", "detail"}: set before load.
         self.provider_fallbacks: tuple[dict[str, str], ...] = ()
+        self._running: dict[int, float] = {}  # inference id -> when it started (monotonic)
+        self._next_run = itertools.count()
+        self.failure: str | None = None  # set once the session can no longer be trusted
 
     @property
     def ready(self) -> bool:
-        return self._model is not None
+        return self._model is not None and self.failure is None
+
+    def fail(self, reason: str) -> None:
+        """Mark the scorer broken for good (a hung inference, a lost GPU): not ready again."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = reason
+                log.critical("scorer failed: %s", reason)
+
+    def longest_inference_s(self) -> float:
+        """How long the oldest inference now running has been running (0 when none is)."""
+        with self._lock:
+            started = min(self._running.values(), default=None)
+        return 0.0 if started is None else time.monotonic() - started
+
+    def _run(self, model: LoadedModel, tensor: Any) -> list[Any]:
+        """One inference, timed for the watchdog; a device error fails the scorer."""
+        run_id = next(self._next_run)
+        with self._lock:
+            self._running[run_id] = time.monotonic()
+        try:
+            return model.run(tensor)
+        except Exception as error:
+            if DEVICE_ERROR.search(str(error)):
+                self.fail(f"the execution provider reported a device error: {error}")
+            raise
+        finally:
+            with self._lock:
+                del self._running[run_id]
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -215,6 +255,8 @@ class Scorer:
         """Decode, preprocess, run and post-process one image."""
         options.validate()
         model = self._model
+        if self.failure is not None:
+            raise ScoringError(Code.NOT_READY, f"the scorer is restarting: {self.failure}")
         if model is None:
             raise ScoringError(Code.NOT_READY, "the model is still loading; retry shortly")
         if not image:
@@ -223,7 +265,7 @@ class Scorer:
         picture = imaging.decode_image(image, self.config.limits, self._draft_size)
         tensor = imaging.to_tensor(picture, self.spec.preprocessing)
         decoded = time.perf_counter()
-        outputs = model.run(tensor)
+        outputs = self._run(model, tensor)
         inferred = time.perf_counter()
         try:
             predictions = model.decode(outputs)

@@ -168,6 +168,9 @@ class Settings:
     url_allowed_hosts: tuple[str, ...] = _setting((), _hosts, "hosts /url may fetch from")
     url_timeout_s: float = _setting(5.0, _positive_float, "time limit for a /url fetch")
     graceful_timeout_s: float = _setting(20.0, _positive_float, "grace on SIGTERM")
+    inference_timeout_s: float = _setting(
+        60.0, _positive_float, "an inference running longer stops the scorer (IoT Edge restarts it)"
+    )
     edge: str = _setting(
         "auto", _choice("auto", "on", "off"), "publish to IoT Edge (auto: if run by it)"
     )
