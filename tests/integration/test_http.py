@@ -296,7 +296,9 @@ def test_url_route_fetches_only_from_allowed_hosts(
     base = f"http://127.0.0.1:{upstream.server_address[1]}"
     try:
         server = start_scorer(
-            demo_dir / "models" / "colors", URL_ENABLED="true", URL_ALLOWED_HOSTS="127.0.0.1"
+            demo_dir / "models" / "colors",
+            URL_ENABLED="true",
+            URL_ALLOWED_HOSTS=f"127.0.0.1:{upstream.server_address[1]}",
         )
         assert _top(requests.post(server.url + "/url", json={"url": base + "/red.jpg"})) == "red"
         assert (

@@ -1,81 +1,224 @@
-"""Fetch an image from a URL for `POST /url`: allow-listed hosts only, bounded size and time."""
+"""Fetch an image from a URL for `POST /url`, as narrowly as a device on a plant network must.
+
+- Only `host[:port]` pairs of `SCORER_URL_ALLOWED_HOSTS` (an entry without a port allows
+  the scheme's default port only), for the URL and every redirect.
+- The name is resolved here and the address checked before connecting: a listed name that
+  resolves to a loopback, link-local (cloud metadata), multicast or unspecified address is
+  refused, unless that address itself is listed.
+- One deadline for resolving, connecting, the TLS handshake, headers and body together
+  (`SCORER_URL_TIMEOUT_S`): every socket wait gets only what is left of it, so a server
+  trickling its body cannot hold a request longer.
+- A size limit on the body while it streams; errors say what happened without echoing the
+  operating system's error text (no port-scan oracle).
+The HTTP/1.1 response is parsed by h11, as the worker parses requests.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import socket
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Any
+
+import h11
 
 from .errors import Code, ScoringError
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_REDIRECTS = 3
+USER_AGENT = "customvision-scorer"
 
 
 @dataclasses.dataclass(frozen=True)
 class FetchPolicy:
     """Which hosts the device may be made to contact, and how much it may download."""
 
-    allowed_hosts: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]  # "host" or "host:port", lower case
     max_bytes: int
     timeout_s: float
 
 
-def _check_url(url: str, policy: FetchPolicy) -> None:
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A checked URL: where to connect and what to ask for."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_url(url: str) -> Target:
+    """The URL's parts, or INVALID_ARGUMENT for anything but an absolute http(s) URL."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ScoringError(Code.INVALID_ARGUMENT, "url contains spaces or control characters")
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ScoringError(Code.INVALID_ARGUMENT, "url must be an absolute http(s) URL")
-    if parts.hostname.lower() not in policy.allowed_hosts:
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ScoringError(Code.INVALID_ARGUMENT, "url has an invalid port") from None
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(parts.scheme, parts.hostname.lower(), port, path)
+
+
+def allowed(target: Target, policy: FetchPolicy) -> bool:
+    """`host:port` listed, or `host` listed and the port is the scheme's default."""
+    default = target.port == DEFAULT_PORTS[target.scheme]
+    return target.name in policy.allowed_hosts or (default and target.host in policy.allowed_hosts)
+
+
+def _check_allowed(target: Target, policy: FetchPolicy) -> None:
+    if not allowed(target, policy):
         raise ScoringError(
-            Code.URL_NOT_ALLOWED,
-            f"host {parts.hostname} is not in SCORER_URL_ALLOWED_HOSTS",
+            Code.URL_NOT_ALLOWED, f"{target.name} is not in SCORER_URL_ALLOWED_HOSTS"
         )
 
 
-class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to an allowed host, so a redirect cannot escape the list."""
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+    )
 
-    def __init__(self, policy: FetchPolicy) -> None:
-        self.policy = policy
 
-    def redirect_request(
-        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> Any:
-        _check_url(newurl, self.policy)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def resolve(target: Target, policy: FetchPolicy) -> list[tuple[int, str]]:
+    """(family, address) pairs to try; internal addresses only when listed as such."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise ScoringError(Code.URL_FETCH_FAILED, f"cannot resolve {target.host}") from None
+    usable = []
+    for family, _, _, _, address in infos:
+        ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+        listed = str(ip) in policy.allowed_hosts or f"{ip}:{target.port}" in policy.allowed_hosts
+        if not _internal(ip) or listed:
+            usable.append((family, address[0]))
+    if not usable:
+        raise ScoringError(
+            Code.URL_NOT_ALLOWED,
+            f"{target.host} resolves to an internal address (loopback, link-local or "
+            "metadata); list that address itself in SCORER_URL_ALLOWED_HOSTS to allow it",
+        )
+    return usable
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self, target: Target) -> float:
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise ScoringError(
+                Code.URL_FETCH_FAILED,
+                f"{target.name} did not deliver the image within {self.seconds:g} s "
+                "(SCORER_URL_TIMEOUT_S)",
+            )
+        return remaining
+
+
+def _connect(target: Target, policy: FetchPolicy, deadline: _Deadline) -> socket.socket:
+    for family, address in resolve(target, policy):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(deadline.left(target))
+            sock.connect((address, target.port))
+        except OSError:
+            sock.close()
+            continue
+        if target.scheme == "http":
+            return sock
+        try:
+            secure = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        except (OSError, ssl.SSLError):
+            sock.close()
+            raise ScoringError(
+                Code.URL_FETCH_FAILED, f"TLS with {target.name} failed (certificate or protocol)"
+            ) from None
+        return secure
+    raise ScoringError(Code.URL_FETCH_FAILED, f"cannot connect to {target.name}")
+
+
+def _get(target: Target, policy: FetchPolicy, deadline: _Deadline) -> tuple[int, str, bytes]:
+    """(status, Location header, body) of one GET."""
+    client = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=target.path,
+        headers=[
+            ("Host", target.host if target.port == DEFAULT_PORTS[target.scheme] else target.name),
+            ("User-Agent", USER_AGENT),
+            ("Accept", "image/*"),
+            ("Connection", "close"),
+        ],
+    )
+    status, location, body = 0, "", bytearray()
+    with _connect(target, policy, deadline) as sock:
+        try:
+            sock.settimeout(deadline.left(target))
+            sock.sendall(client.send(request) + client.send(h11.EndOfMessage()))
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    sock.settimeout(deadline.left(target))
+                    client.receive_data(sock.recv(64 * 1024))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    location = dict(event.headers).get(b"location", b"").decode("latin-1")
+                    if status != 200:
+                        return status, location, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > policy.max_bytes:
+                        raise ScoringError(
+                            Code.BODY_TOO_LARGE,
+                            f"the image at {target.name} is larger than the {policy.max_bytes}"
+                            "-byte limit (SCORER_MAX_BODY_BYTES)",
+                        )
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return status, location, bytes(body)
+        except TimeoutError:  # every wait was given only what was left of the deadline
+            raise ScoringError(
+                Code.URL_FETCH_FAILED,
+                f"{target.name} did not deliver the image within {deadline.seconds:g} s "
+                "(SCORER_URL_TIMEOUT_S)",
+            ) from None
+        except h11.ProtocolError:
+            raise ScoringError(
+                Code.URL_FETCH_FAILED, f"{target.name} sent a malformed HTTP response"
+            ) from None
+        except OSError:
+            raise ScoringError(
+                Code.URL_FETCH_FAILED, f"the connection to {target.name} failed"
+            ) from None
 
 
 def fetch_image(url: str, policy: FetchPolicy) -> bytes:
     """The body at `url`, or a `ScoringError` saying why not."""
-    _check_url(url, policy)
-    opener = urllib.request.build_opener(_AllowListRedirects(policy))
-    deadline = time.monotonic() + policy.timeout_s
-    chunks: list[bytes] = []
-    received = 0
-    try:
-        with opener.open(url, timeout=policy.timeout_s) as response:
-            # The socket timeout bounds each read; the deadline bounds the whole download.
-            while received <= policy.max_bytes:
-                chunk = response.read(64 * 1024)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                received += len(chunk)
-                if time.monotonic() > deadline:
-                    raise ScoringError(
-                        Code.URL_FETCH_FAILED,
-                        f"{url} took longer than {policy.timeout_s:g} s to download",
-                    )
-    except ScoringError:
-        raise
-    except urllib.error.HTTPError as error:
-        raise ScoringError(Code.URL_FETCH_FAILED, f"{url} answered HTTP {error.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise ScoringError(Code.URL_FETCH_FAILED, f"cannot fetch {url}: {reason}") from None
-    body = b"".join(chunks)
-    if len(body) > policy.max_bytes:
-        raise ScoringError(
-            Code.BODY_TOO_LARGE, f"{url} is larger than the {policy.max_bytes}-byte limit"
-        )
-    return body
+    deadline = _Deadline(policy.timeout_s)
+    target = parse_url(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        _check_allowed(target, policy)
+        status, location, body = _get(target, policy, deadline)
+        if status == 200:
+            return body
+        if status in (301, 302, 303, 307, 308) and location:
+            base = f"{target.scheme}://{target.name}{target.path}"
+            target = parse_url(urllib.parse.urljoin(base, location))
+            continue
+        raise ScoringError(Code.URL_FETCH_FAILED, f"{target.name} answered HTTP {status}")
+    raise ScoringError(Code.URL_FETCH_FAILED, f"more than {MAX_REDIRECTS} redirects")

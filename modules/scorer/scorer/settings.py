@@ -165,7 +165,9 @@ class Settings:
     yolo_max_detections: int = _setting(20, _positive_int, "boxes kept after NMS")
     yolo_prob_threshold: float = _setting(0.10, _probability, "probability kept before NMS")
     url_enabled: bool = _setting(False, _bool, "serve POST /url (the device fetches a URL)")
-    url_allowed_hosts: tuple[str, ...] = _setting((), _hosts, "hosts /url may fetch from")
+    url_allowed_hosts: tuple[str, ...] = _setting(
+        (), _hosts, "host or host:port pairs /url may fetch from (a bare host: default port only)"
+    )
     url_timeout_s: float = _setting(5.0, _positive_float, "time limit for a /url fetch")
     graceful_timeout_s: float = _setting(20.0, _positive_float, "grace on SIGTERM")
     inference_timeout_s: float = _setting(
