@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from . import engine_cache
+from .auth import ApiKeys
 from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
 from .http import create_app
@@ -152,7 +153,10 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
 
     try:
         server, port = create_server(
-            scorer, f"{settings.host}:{settings.grpc_port}", settings.grpc_max_calls
+            scorer,
+            f"{settings.host}:{settings.grpc_port}",
+            settings.grpc_max_calls,
+            ApiKeys(settings.api_keys),
         )
     except RuntimeError as error:
         log.critical("cannot start: %s", error)
@@ -235,7 +239,7 @@ class ScorerServer(BaseApplication):
                 self.settings.max_body_bytes,
                 self.settings.url_timeout_s,
             )
-        return create_app(scorer, policy)
+        return create_app(scorer, policy, ApiKeys(self.settings.api_keys))
 
 
 def main() -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import ssl
 import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -35,11 +37,23 @@ class ScoringFailed(Exception):
 class HttpClient:
     """`POST /score` on one keep-alive connection (standard library only)."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        api_key: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(base_url if "//" in base_url else f"http://{base_url}")
-        self.connection = http.client.HTTPConnection(
-            parts.hostname or "localhost", parts.port or 80, timeout=timeout
-        )
+        host = parts.hostname or "localhost"
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=ca_file)
+            self.connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, parts.port or 443, timeout=timeout, context=context
+            )
+        else:
+            self.connection = http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def score(
         self,
@@ -54,7 +68,8 @@ class HttpClient:
             if v is not None
         }
         path = "/score" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        self.connection.request("POST", path, body=image, headers={"Content-Type": content_type})
+        headers = {"Content-Type": content_type, **self.headers}
+        self.connection.request("POST", path, body=image, headers=headers)
         response = self.connection.getresponse()
         body = json.loads(response.read() or b"{}")
         if response.status != 200:
@@ -63,7 +78,7 @@ class HttpClient:
         return body
 
     def model(self) -> dict[str, Any]:
-        self.connection.request("GET", "/model")
+        self.connection.request("GET", "/model", headers=self.headers)
         return json.loads(self.connection.getresponse().read())
 
     def close(self) -> None:
@@ -113,7 +128,13 @@ def response_dict(response: Any) -> dict[str, Any]:
 class GrpcClient:
     """`scoring.v1.Scoring` over one channel: unary calls, a stream, the model."""
 
-    def __init__(self, target: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 30.0,
+        api_key: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         import grpc
 
         from .generated import scoring_pb2, scoring_pb2_grpc
@@ -121,13 +142,16 @@ class GrpcClient:
         self._grpc = grpc
         self._pb = scoring_pb2
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        if ca_file:
+            credentials = grpc.ssl_channel_credentials(Path(ca_file).read_bytes())
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.stub = scoring_pb2_grpc.ScoringStub(self.channel)
 
     def request(
@@ -156,6 +180,7 @@ class GrpcClient:
             response = self.stub.Score(
                 self.request(image, request_id, threshold, max_predictions),
                 timeout=self.timeout,
+                metadata=self.metadata,
             )
         except self._grpc.RpcError as error:
             metadata = dict(error.trailing_metadata() or ())
@@ -166,7 +191,7 @@ class GrpcClient:
 
     def stream(self, requests: Iterable[Any]) -> Iterator[dict[str, Any] | ScoringFailed]:
         """One `ScoreStream`: a result dict, or a `ScoringFailed`, per request, in order."""
-        for response in self.stub.ScoreStream(iter(requests)):
+        for response in self.stub.ScoreStream(iter(requests), metadata=self.metadata):
             if response.HasField("error"):
                 yield ScoringFailed(
                     response.error.code, response.error.message, response.request_id
@@ -175,7 +200,9 @@ class GrpcClient:
                 yield response_dict(response)
 
     def model(self) -> dict[str, Any]:
-        info = self.stub.GetModel(self._pb.GetModelRequest(), timeout=self.timeout)
+        info = self.stub.GetModel(
+            self._pb.GetModelRequest(), timeout=self.timeout, metadata=self.metadata
+        )
         return {
             "name": info.name,
             "version": info.version,
@@ -223,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--max-predictions", type=int)
     parser.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+    parser.add_argument("--api-key", help="an API key (default: $SCORER_API_KEY)")
+    parser.add_argument("--ca", help="the CA file that signed the scorer's TLS certificate")
     args = parser.parse_args(argv)
+    api_key = args.api_key or os.environ.get("SCORER_API_KEY")
     if args.stream and not args.grpc:
         parser.error("--stream needs --grpc")
 
@@ -239,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(_table(name, outcome))
 
-    client: HttpClient | GrpcClient = GrpcClient(args.grpc) if args.grpc else HttpClient(args.http)
+    client: HttpClient | GrpcClient = (
+        GrpcClient(args.grpc, api_key=api_key, ca_file=args.ca)
+        if args.grpc
+        else HttpClient(args.http, api_key=api_key, ca_file=args.ca)
+    )
     try:
         if isinstance(client, GrpcClient) and args.stream:
             requests = (

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .auth import CHALLENGE, NO_KEYS, OPEN_HTTP_PATHS, ApiKeys, presented_key
 from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
@@ -35,6 +36,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.HEADERS_TOO_LARGE: 431,
     Code.URI_TOO_LONG: 414,
     Code.REQUEST_TIMEOUT: 408,
+    Code.UNAUTHENTICATED: 401,
     Code.INTERNAL: 500,
 }
 RAW_IMAGE_TYPES = (
@@ -67,6 +69,8 @@ def error_response(code: Code, message: str) -> Response:
     response.status_code = HTTP_STATUS[code]
     if code in (Code.OVERLOADED, Code.NOT_READY):
         response.headers["Retry-After"] = "1"
+    if code is Code.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = CHALLENGE
     return response
 
 
@@ -142,8 +146,11 @@ def _url_body() -> str:
     return url
 
 
-def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask:
-    """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off."""
+def create_app(
+    scorer: Scorer, fetch_policy: FetchPolicy | None = None, keys: ApiKeys = NO_KEYS
+) -> Flask:
+    """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off; with `keys`,
+    every route but health and readiness needs one of them."""
     app = Flask("scorer")
     app.config["MAX_CONTENT_LENGTH"] = scorer.config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
@@ -223,6 +230,16 @@ def create_app(scorer: Scorer, fetch_policy: FetchPolicy | None = None) -> Flask
     @app.before_request
     def start_clock() -> None:
         g.started = time.perf_counter()
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.path in OPEN_HTTP_PATHS or keys.accepts(presented_key(request.headers)):
+            return
+        scorer.metrics.error(Code.UNAUTHENTICATED.value)
+        raise ScoringError(
+            Code.UNAUTHENTICATED,
+            "an API key is required: Authorization: Bearer <key> or Prediction-Key: <key>",
+        )
 
     @app.after_request
     def log_request(response: Response) -> Response:

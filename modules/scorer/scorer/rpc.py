@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import NO_KEYS, OPEN_GRPC_PREFIXES, ApiKeys, presented_key
 from .core import Code, Result, ScoreOptions, Scorer, ScoringError
 from .generated import scoring_pb2
 
@@ -41,6 +42,7 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.HEADERS_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.URI_TOO_LONG: grpc.StatusCode.INVALID_ARGUMENT,
     Code.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -204,11 +206,48 @@ def _error_response(request_id: str, code: Code, message: str) -> scoring_pb2.Sc
     )
 
 
+class KeyInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but health needs an API key in the metadata `authorization: Bearer <key>`."""
+
+    def __init__(self, keys: ApiKeys, scorer: Scorer) -> None:
+        self.keys = keys
+        self.scorer = scorer
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_GRPC_PREFIXES):
+            return handler
+        metadata = {key: value for key, value in (details.invocation_metadata or ())}
+        if self.keys.accepts(presented_key(metadata)):
+            return handler
+        self.scorer.metrics.error(Code.UNAUTHENTICATED.value)
+
+        async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+            context.set_trailing_metadata(((ERROR_CODE_KEY, Code.UNAUTHENTICATED.value),))
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "an API key is required: metadata authorization: Bearer <key>",
+            )
+
+        async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await refuse(requests, context)
+            yield  # never reached: abort ends the call
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                refuse_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
+
+
 class GrpcServer:
     """The gRPC front end on an event loop of its own, in a thread beside gunicorn's."""
 
-    def __init__(self, scorer: Scorer, address: str, max_calls: int) -> None:
+    def __init__(self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys) -> None:
         self.scorer = scorer
+        self.keys = keys
         self.loop = asyncio.new_event_loop()
         self.pool = futures.ThreadPoolExecutor(
             scorer.config.max_inflight, thread_name_prefix="grpc-score"
@@ -223,6 +262,7 @@ class GrpcServer:
         message_limit = self.scorer.config.max_body_bytes + MESSAGE_OVERHEAD_BYTES
         self.servicer = ScoringServicer(self.scorer, self.pool)
         self.server = grpc.aio.server(
+            interceptors=[KeyInterceptor(self.keys, self.scorer)] if self.keys.enabled else [],
             maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", message_limit),
@@ -269,11 +309,13 @@ class GrpcServer:
         return stopped
 
 
-def create_server(scorer: Scorer, address: str, max_calls: int = 256) -> tuple[GrpcServer, int]:
+def create_server(
+    scorer: Scorer, address: str, max_calls: int = 256, keys: ApiKeys = NO_KEYS
+) -> tuple[GrpcServer, int]:
     """A gRPC server (not started) for the scorer, with health and reflection; and its port.
 
     `max_calls` bounds concurrent calls, streams included (each costs memory, not a thread);
     beyond it gRPC answers RESOURCE_EXHAUSTED at once.
     """
-    server = GrpcServer(scorer, address, max_calls)
+    server = GrpcServer(scorer, address, max_calls, keys)
     return server, server.port

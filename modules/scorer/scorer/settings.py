@@ -116,8 +116,17 @@ def _log_level(text: str) -> str:
     return level
 
 
-def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
+    return dataclasses.field(
+        default=default, repr=not secret, metadata={"parse": parse, "doc": doc}
+    )
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    if any(len(key) < 16 for key in keys):
+        raise ValueError("each key needs at least 16 characters")
+    return keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +173,9 @@ class Settings:
     yolo_nms: str = _setting("per_class", _choice("per_class", "global"), "NMS scope")
     yolo_max_detections: int = _setting(20, _positive_int, "boxes kept after NMS")
     yolo_prob_threshold: float = _setting(0.10, _probability, "probability kept before NMS")
+    api_keys: tuple[str, ...] = _setting(
+        (), _keys, "comma-separated API keys (empty: no key needed); several for rotation", True
+    )
     url_enabled: bool = _setting(False, _bool, "serve POST /url (the device fetches a URL)")
     url_allowed_hosts: tuple[str, ...] = _setting(
         (), _hosts, "host or host:port pairs /url may fetch from (a bare host: default port only)"
@@ -199,7 +211,8 @@ class Settings:
             try:
                 values[field.name] = field.metadata["parse"](environ[name])
             except ValueError as error:
-                raise SettingsError(f"{name}={environ[name]!r}: {error}") from None
+                shown = "<hidden>" if not field.repr else repr(environ[name])
+                raise SettingsError(f"{name}={shown}: {error}") from None
         settings = cls(**values)
         if settings.threads <= settings.max_inflight:
             raise SettingsError(
