@@ -23,7 +23,19 @@ GRPC_LISTENING = re.compile(r"gRPC listening on 127\.0\.0\.1:(\d+)")
 class ScorerProcess:
     """A running `python -m scorer` with its log, address and exit status."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        ca: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> None:
+        """With `ca`, the scorer serves TLS signed by it (and wants `client_cert` if given)."""
+        self.ca = ca
+        self.tls_options: dict = {}
+        if ca is not None:
+            self.tls_options["verify"] = str(ca)
+        if client_cert is not None:
+            self.tls_options["cert"] = tuple(str(p) for p in client_cert)
         self.lines: list[str] = []
         self.port: int | None = None
         self.grpc_port: int | None = None
@@ -56,7 +68,7 @@ class ScorerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def grpc_target(self) -> str:
@@ -81,7 +93,8 @@ class ScorerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"scorer exited with {self.proc.returncode}:\n{self.log}")
             try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                ready = requests.get(self.url + "/readyz", timeout=2, **self.tls_options)
+                if ready.status_code == 200:
                     return
             except requests.ConnectionError:
                 pass

@@ -28,6 +28,7 @@ from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
 from .settings import Settings, SettingsError, run_by_iot_edge
+from .tls import TlsFiles
 from .watchdog import Watchdog
 from .worker import ScorerWorker
 
@@ -140,6 +141,13 @@ def load_model(scorer: Scorer, settings: Settings) -> None:
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+def tls_files(settings: Settings) -> TlsFiles | None:
+    """TLS for both ports, when a certificate and key are configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+
+
 def end_the_process(reason: str) -> None:
     """Leave at once with a failing status: gunicorn's master stops too, and IoT Edge (or
     whoever runs the scorer) starts it again on a fresh session and device context."""
@@ -157,6 +165,7 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
             f"{settings.host}:{settings.grpc_port}",
             settings.grpc_max_calls,
             ApiKeys(settings.api_keys),
+            tls_files(settings),
         )
     except RuntimeError as error:
         log.critical("cannot start: %s", error)
@@ -194,6 +203,7 @@ class ScorerServer(BaseApplication):
         self.settings = settings
         self.spec = spec
         self.scorer: Scorer | None = None
+        self.tls = tls_files(settings)  # the worker wraps HTTP connections with it
         self.grpc_server: Any = None
         self.edge_publisher: Any = None
         super().__init__()

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from .auth import NO_KEYS, OPEN_GRPC_PREFIXES, ApiKeys, presented_key
 from .core import Code, Result, ScoreOptions, Scorer, ScoringError
 from .generated import scoring_pb2
+from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,12 @@ class KeyInterceptor(grpc.aio.ServerInterceptor):
 class GrpcServer:
     """The gRPC front end on an event loop of its own, in a thread beside gunicorn's."""
 
-    def __init__(self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys) -> None:
+    def __init__(
+        self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys, tls: TlsFiles | None
+    ) -> None:
         self.scorer = scorer
         self.keys = keys
+        self.tls = tls
         self.loop = asyncio.new_event_loop()
         self.pool = futures.ThreadPoolExecutor(
             scorer.config.max_inflight, thread_name_prefix="grpc-score"
@@ -282,7 +286,10 @@ class GrpcServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         try:
-            port = self.server.add_insecure_port(address)
+            if self.tls is not None:
+                port = self.server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                port = self.server.add_insecure_port(address)
         except RuntimeError as error:
             raise RuntimeError(f"gRPC cannot listen on {address} ({error})") from None
         if port == 0:
@@ -310,12 +317,16 @@ class GrpcServer:
 
 
 def create_server(
-    scorer: Scorer, address: str, max_calls: int = 256, keys: ApiKeys = NO_KEYS
+    scorer: Scorer,
+    address: str,
+    max_calls: int = 256,
+    keys: ApiKeys = NO_KEYS,
+    tls: TlsFiles | None = None,
 ) -> tuple[GrpcServer, int]:
     """A gRPC server (not started) for the scorer, with health and reflection; and its port.
 
     `max_calls` bounds concurrent calls, streams included (each costs memory, not a thread);
     beyond it gRPC answers RESOURCE_EXHAUSTED at once.
     """
-    server = GrpcServer(scorer, address, max_calls, keys)
+    server = GrpcServer(scorer, address, max_calls, keys, tls)
     return server, server.port

@@ -176,6 +176,11 @@ class Settings:
     api_keys: tuple[str, ...] = _setting(
         (), _keys, "comma-separated API keys (empty: no key needed); several for rotation", True
     )
+    tls_cert_file: Path | None = _setting(None, Path, "PEM certificate (chain): TLS on both ports")
+    tls_key_file: Path | None = _setting(None, Path, "PEM private key of that certificate")
+    tls_client_ca_file: Path | None = _setting(
+        None, Path, "PEM CA: clients must present a certificate it signed"
+    )
     url_enabled: bool = _setting(False, _bool, "serve POST /url (the device fetches a URL)")
     url_allowed_hosts: tuple[str, ...] = _setting(
         (), _hosts, "host or host:port pairs /url may fetch from (a bare host: default port only)"
@@ -220,6 +225,17 @@ class Settings:
                 f"{settings.max_inflight}: the threads beyond it answer health checks, metrics "
                 "and 429 at once while every slot is scoring"
             )
+        if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+            raise SettingsError("SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE go together")
+        if settings.tls_client_ca_file and not settings.tls_cert_file:
+            raise SettingsError("SCORER_TLS_CLIENT_CA_FILE needs SCORER_TLS_CERT_FILE")
+        for name, path in (
+            ("SCORER_TLS_CERT_FILE", settings.tls_cert_file),
+            ("SCORER_TLS_KEY_FILE", settings.tls_key_file),
+            ("SCORER_TLS_CLIENT_CA_FILE", settings.tls_client_ca_file),
+        ):
+            if path is not None and not os.access(path, os.R_OK):
+                raise SettingsError(f"{name}={str(path)!r}: not a readable file")
         if settings.url_enabled and not settings.url_allowed_hosts:
             raise SettingsError("SCORER_URL_ENABLED=true needs SCORER_URL_ALLOWED_HOSTS")
         return settings

@@ -21,6 +21,7 @@ import json
 import logging
 import selectors
 import socket
+import ssl
 import time
 from functools import partial
 from typing import Any
@@ -35,6 +36,8 @@ from .request_frame import Progress, RequestFrame
 log = logging.getLogger("scorer.http")
 
 READ_CHUNK = 64 * 1024
+# "try again when readable", for plain sockets and for TLS
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 DRAIN_S = 2.0  # after refusing a request, read and discard what the client still sends
 DRAIN_BYTES = 1 << 20
 
@@ -58,6 +61,7 @@ class ReplaySocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._pending = bytearray()
+        self.handshaken = False
 
     def replay(self, data: bytes) -> None:
         self._pending += data
@@ -70,6 +74,16 @@ class ReplaySocket:
         return self._sock.recv(size, flags)
 
     def raw_recv(self, size: int) -> bytes:
+        """Read from the socket itself: under TLS, finish the handshake first, and take
+        everything already decrypted (the poller does not see what TLS buffered)."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            if not self.handshaken:
+                self._sock.do_handshake()  # raises "want read" until the client has sent enough
+                self.handshaken = True
+            data = self._sock.recv(size)
+            while data and self._sock.pending():
+                data += self._sock.recv(self._sock.pending())
+            return data
         return self._sock.recv(size)
 
     def fileno(self) -> int:
@@ -104,6 +118,8 @@ class ScorerWorker(ThreadWorker):
     def init_process(self) -> None:
         self.reading: dict[TConn, Reading] = {}
         self.draining: dict[TConn, Draining] = {}
+        tls = self.app.tls
+        self.tls_context = tls.server_context() if tls is not None else None
         super().init_process()  # loads the app, then runs the loop
 
     # --- reading requests in the event loop ---------------------------------------------
@@ -116,6 +132,10 @@ class ScorerWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        if self.tls_context is not None:  # the handshake happens in the loop, like the reading
+            sock = self.tls_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         conn = TConn(self.cfg, ReplaySocket(sock), client, listener.getsockname())
         self.start_reading(conn)
 
@@ -139,9 +159,9 @@ class ScorerWorker(ThreadWorker):
         conn = reading.conn
         try:
             data = conn.sock.raw_recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
-        except OSError:
+        except OSError:  # a reset, or a failed TLS handshake
             data = b""
         if not data:  # the client went away before its request was whole
             self.stop_reading(reading)
@@ -193,7 +213,7 @@ class ScorerWorker(ThreadWorker):
     def on_drain(self, draining: Draining, _sock: Any) -> None:
         try:
             data = draining.conn.sock.raw_recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError:
             data = b""
