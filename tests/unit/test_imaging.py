@@ -139,3 +139,42 @@ def test_jpeg_draft_decodes_large_images_at_reduced_scale() -> None:
 
 def test_draft_size_is_twice_the_model_input() -> None:
     assert Preprocessing(target_size=(224, 224)).draft_size() == (448, 448)
+
+
+def test_decode_cost_counts_bytes_per_pixel_and_the_copies() -> None:
+    from scorer.imaging import decode_cost
+
+    assert decode_cost("RGB", (100, 100)) == 100 * 100 * (3 + 3 + 3)
+    assert decode_cost("RGBA", (100, 100)) == 100 * 100 * (4 + 3 + 4)
+    assert decode_cost("I;16", (100, 100)) > decode_cost("L", (100, 100))
+
+
+def test_an_image_whose_decode_would_take_too_much_memory_is_refused() -> None:
+    from scorer.imaging import DecodeLimits, decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (600, 400), (1, 2, 3, 4)).save(buffer, "PNG")
+    limits = DecodeLimits(max_pixels=10_000_000, max_decode_bytes=600 * 400 * 10)
+    with pytest.raises(ScoringError, match="SCORER_MAX_DECODE_BYTES") as refused:
+        decode_image(buffer.getvalue(), limits)
+    assert refused.value.code is Code.IMAGE_TOO_LARGE
+
+
+def test_the_decode_budget_makes_a_decode_wait_for_its_share() -> None:
+    import threading
+
+    from scorer.imaging import DecodeBudget
+
+    budget = DecodeBudget(100)
+    entered = threading.Event()
+
+    def second_decode() -> None:
+        with budget.hold(50):
+            entered.set()
+
+    with budget.hold(80):
+        second = threading.Thread(target=second_decode)
+        second.start()
+        assert not entered.wait(0.2)  # 80 + 50 > 100: it waits
+    assert entered.wait(5)  # released: it goes
+    second.join()

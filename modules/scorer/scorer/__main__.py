@@ -60,11 +60,14 @@ def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
     return ScorerConfig(
         model_name=settings.model_name or spec.directory.resolve().name,
         model_version=settings.model_version or spec.sha256[:12],
-        limits=DecodeLimits(settings.max_image_pixels, settings.jpeg_draft),
+        limits=DecodeLimits(
+            settings.max_image_pixels, settings.jpeg_draft, settings.max_decode_bytes
+        ),
         max_body_bytes=settings.max_body_bytes,
         default_threshold=settings.default_threshold,
         default_max_predictions=settings.default_max_predictions,
         max_inflight=settings.max_inflight,
+        decode_budget_bytes=settings.decode_budget_bytes,
     )
 
 

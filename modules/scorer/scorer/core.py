@@ -116,6 +116,7 @@ class ScorerConfig:
     default_threshold: float = 0.0
     default_max_predictions: int = 0
     max_inflight: int = 16
+    decode_budget_bytes: int = 1_000_000_000
 
 
 class Scorer:
@@ -130,6 +131,7 @@ class Scorer:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_inflight)
         self._draft_size = spec.preprocessing.draft_size()
+        self._decode_budget = imaging.DecodeBudget(config.decode_budget_bytes)
         self.default_threshold = config.default_threshold
         self.default_max_predictions = config.default_max_predictions
         self.sink: ResultSink | None = None
@@ -262,7 +264,9 @@ class Scorer:
         if not image:
             raise ScoringError(Code.EMPTY_BODY, "no image bytes in the request")
         started = time.perf_counter()
-        picture = imaging.decode_image(image, self.config.limits, self._draft_size)
+        picture = imaging.decode_image(
+            image, self.config.limits, self._draft_size, self._decode_budget
+        )
         tensor = imaging.to_tensor(picture, self.spec.preprocessing)
         decoded = time.perf_counter()
         outputs = self._run(model, tensor)

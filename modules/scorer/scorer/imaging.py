@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import io
 import math
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,10 +47,59 @@ class DecodeLimits:
 
     max_pixels: int = 40_000_000
     jpeg_draft: bool = True
+    max_decode_bytes: int = 400_000_000
+
+
+# Bytes per pixel of Pillow's decoded modes (anything else: 4).
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4}
+BIG_DECODE_BYTES = 64 * 1024 * 1024  # after one this large, memory goes back to the system
+
+
+def decode_cost(mode: str, size: tuple[int, int]) -> int:
+    """Peak bytes to decode an image and make it RGB: the decoded pixels, the RGB copy, and
+    room for the alpha flattening or EXIF turn of the largest intermediate."""
+    width, height = size
+    decoded = MODE_BYTES.get(mode, 8 if mode.startswith("I;16") else 4)
+    return width * height * (decoded + 3 + max(decoded, 3))
+
+
+class DecodeBudget:
+    """Bytes that concurrent decodes may hold together; a decode waits for its share.
+
+    Slots bound how many requests score at once; this bounds what their decodes cost, so
+    sixteen 40-megapixel PNGs at once do not take gigabytes of an 8 GB Jetson.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = capacity
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        cost = min(cost, self.capacity)
+        with self._condition:
+            self._condition.wait_for(lambda: self._free >= cost)
+            self._free -= cost
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._free += cost
+                self._condition.notify_all()
+
+
+def give_back_memory() -> None:
+    """Return freed heap to the system after a large decode (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def decode_image(
-    data: bytes, limits: DecodeLimits, draft_size: tuple[int, int] | None = None
+    data: bytes,
+    limits: DecodeLimits,
+    draft_size: tuple[int, int] | None = None,
+    budget: DecodeBudget | None = None,
 ) -> Image.Image:
     """Decode JPEG/PNG/BMP bytes into upright 3-channel RGB, or raise a `ScoringError`."""
     try:
@@ -61,9 +114,20 @@ def decode_image(
                 f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
             )
         if limits.jpeg_draft and draft_size and image.format == "JPEG":
-            image.draft("RGB", draft_size)
-        image.load()
-        image = ImageOps.exif_transpose(image)
+            image.draft("RGB", draft_size)  # decoded at 1/2, 1/4 or 1/8 scale: less memory
+        cost = decode_cost(image.mode, image.size)
+        if cost > limits.max_decode_bytes:
+            raise ScoringError(
+                Code.IMAGE_TOO_LARGE,
+                f"decoding this {width}x{height} {image.mode} image takes about {cost} bytes; "
+                f"the limit is {limits.max_decode_bytes} (SCORER_MAX_DECODE_BYTES)",
+            )
+        with budget.hold(cost) if budget else contextlib.nullcontext():
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            image = _to_rgb(image)
+        if cost >= BIG_DECODE_BYTES:
+            give_back_memory()
     except ScoringError:
         raise
     except UnidentifiedImageError:
@@ -78,16 +142,15 @@ def decode_image(
         raise ScoringError(Code.INVALID_IMAGE, f"image cannot be decoded: {error}") from None
     if width == 0 or height == 0:
         raise ScoringError(Code.INVALID_IMAGE, "image has no pixels")
-    return _to_rgb(image)
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Flatten transparency on white and convert any mode (L, P, CMYK, I;16) to RGB."""
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
+    if image.mode in ("P", "RGBA", "LA", "PA"):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if image.mode.startswith("I"):
         array = np.asarray(image, dtype=np.float64)

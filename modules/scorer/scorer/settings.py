@@ -159,6 +159,12 @@ class Settings:
     )
     max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
+    max_decode_bytes: int = _setting(
+        400_000_000, _positive_int, "memory one image's decode may take (pixels x bytes x copies)"
+    )
+    decode_budget_bytes: int = _setting(
+        1_000_000_000, _positive_int, "memory all decodes at once may take; beyond it they wait"
+    )
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
     default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
@@ -224,6 +230,10 @@ class Settings:
                 f"SCORER_THREADS={settings.threads} must be more than SCORER_MAX_INFLIGHT="
                 f"{settings.max_inflight}: the threads beyond it answer health checks, metrics "
                 "and 429 at once while every slot is scoring"
+            )
+        if settings.decode_budget_bytes < settings.max_decode_bytes:
+            raise SettingsError(
+                "SCORER_DECODE_BUDGET_BYTES must be at least SCORER_MAX_DECODE_BYTES"
             )
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise SettingsError("SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE go together")
