@@ -6,7 +6,8 @@ Starts the scorer (the demo colour model, CPU, default limits) from a checkout, 
 body limit), then 16 36-megapixel JPEGs, sampling the worker's resident memory every 20 ms;
 prints the peak (VmHWM), the resident size 10 s after the burst, and the answers' codes.
 
-    .venv/bin/python bench/memory.py [--checkout DIR]   # DIR: another checkout, for "before"
+    .venv/bin/python bench/memory.py [--checkout DIR] [--arena-max N]
+DIR: another checkout, for "before"; N: MALLOC_ARENA_MAX as the images set it (2; 0 unsets).
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def burst(server: ScorerProcess, body: bytes, mime: str) -> list[int]:
         return list(pool.map(post, range(CLIENTS)))
 
 
-def measure(checkout: Path, demo: Path, work: Path) -> list[tuple[str, str]]:
+def measure(checkout: Path, demo: Path, work: Path, arena_max: int) -> list[tuple[str, str]]:
     env = scorer_env(demo / "models" / "colors", work / "cache", PROVIDERS="cpu")
     env["PYTHONPATH"] = str(checkout / "modules" / "scorer")
+    env.pop("MALLOC_ARENA_MAX", None)
+    if arena_max:
+        env["MALLOC_ARENA_MAX"] = str(arena_max)
     server = ScorerProcess(env)
     server.wait_ready()
     pid = worker_pid(server.proc.pid)
@@ -105,12 +109,16 @@ def measure(checkout: Path, demo: Path, work: Path) -> list[tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=REPO)
+    parser.add_argument("--arena-max", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         make_demo_models.main(["make_demo_models.py", str(work / "demo")])
-        rows = measure(args.checkout.resolve(), work / "demo", work)
-    print(f"\nscorer from {args.checkout} | {os.cpu_count()} CPUs | {SIDE}x{SIDE} images")
+        rows = measure(args.checkout.resolve(), work / "demo", work, args.arena_max)
+    print(
+        f"\nscorer from {args.checkout} | {os.cpu_count()} CPUs | {SIDE}x{SIDE} images | "
+        f"MALLOC_ARENA_MAX={args.arena_max or 'unset'}"
+    )
     for name, value in rows:
         print(f"{name:45} {value}")
     return 0

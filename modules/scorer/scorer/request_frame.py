@@ -53,6 +53,7 @@ class RequestFrame:
         self.received = 0
         self.rejection: Rejection | None = None
         self.expects_continue = False  # the client waits for "100 Continue" before its body
+        self.method = b""
 
     def feed(self, data: bytes) -> Progress:
         """Take the next bytes of the request."""
@@ -81,6 +82,7 @@ class RequestFrame:
                 return self._reject(Code.MALFORMED_REQUEST, "the request ended before it was whole")
 
     def _check_headers(self, request: h11.Request) -> Progress | None:
+        self.method = request.method
         headers = dict(request.headers)
         length = headers.get(b"content-length")
         if length is not None and int(length) > self.max_body_bytes:

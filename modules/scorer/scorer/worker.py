@@ -42,15 +42,17 @@ DRAIN_S = 2.0  # after refusing a request, read and discard what the client stil
 DRAIN_BYTES = 1 << 20
 
 
-def error_response(code: Code, message: str) -> bytes:
-    """A whole HTTP/1.1 error response in the JSON shape, closing the connection."""
+def error_response(code: Code, message: str, close: bool = True) -> bytes:
+    """A whole HTTP/1.1 error response in the JSON shape, closing the connection or not."""
     body = json.dumps(error_document(code, message)).encode()
     status = HTTP_STATUS[code]
     head = (
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        + ("Retry-After: 1\r\n" if code in (Code.OVERLOADED, Code.NOT_READY) else "")
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
     )
     return head.encode("latin-1") + body
 
@@ -72,6 +74,10 @@ class ReplaySocket:
             del self._pending[:size]
             return chunk
         return self._sock.recv(size, flags)
+
+    def forget(self) -> None:
+        """Drop what was read for a request answered without the app (kept-alive 429)."""
+        self._pending.clear()
 
     def raw_recv(self, size: int) -> bytes:
         """Read from the socket itself: under TLS, finish the handshake first, and take
@@ -118,6 +124,9 @@ class ScorerWorker(ThreadWorker):
     def init_process(self) -> None:
         self.reading: dict[TConn, Reading] = {}
         self.draining: dict[TConn, Draining] = {}
+        # Connections whose POST (every POST route scores) is with a thread: at most
+        # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued.
+        self.scoring: set[TConn] = set()
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None
         super().init_process()  # loads the app, then runs the loop
@@ -179,8 +188,26 @@ class ScorerWorker(ThreadWorker):
         if rejection is not None:
             self.refuse(conn, rejection.code, rejection.message)
             return
+        if reading.frame.method == b"POST":
+            budget = self.app.settings.max_inflight
+            if len(self.scoring) >= budget:
+                self.overloaded(conn, budget)
+                return
+            self.scoring.add(conn)
         conn.data_ready = True  # the whole request is buffered: the thread will not wait
         self.enqueue_req(conn)
+
+    def overloaded(self, conn: TConn, budget: int) -> None:
+        """429 at once, and the connection kept: a busy client need not reconnect to retry."""
+        self.app.scorer.metrics.error(Code.OVERLOADED.value)
+        conn.sock.forget()
+        message = f"{budget} requests are being scored; retry shortly (SCORER_MAX_INFLIGHT)"
+        self.send_quietly(conn, error_response(Code.OVERLOADED, message, close=False))
+        self.start_reading(conn)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        self.scoring.discard(conn)
+        super().finish_request(conn, fs)
 
     def stop_reading(self, reading: Reading) -> None:
         del self.reading[reading.conn]
@@ -199,7 +226,7 @@ class ScorerWorker(ThreadWorker):
     def refuse(self, conn: TConn, code: Code, message: str) -> None:
         """Answer from the event loop, then drain briefly so the client can read the answer."""
         self.app.scorer.metrics.error(code.value)
-        log.info("refused while reading a request from %s: %s %s", conn.client, code.value, message)
+        log.info("refused a request from %s: %s %s", conn.client, code.value, message)
         self.send_quietly(conn, error_response(code, message))
         try:
             conn.sock.shutdown(socket.SHUT_WR)

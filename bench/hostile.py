@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Hostile clients and overload, measured against the same server's quiet figures.
+
+1. Sequential `POST /score` latency on a quiet server (the baseline), then with 200
+   slowloris connections and 200 stalled bodies held open: p50 ratio to the baseline, and
+   `/healthz` and gRPC `Score` latency meanwhile.
+2. 64 clients at 4x the in-flight budget (16) for `--seconds`: how many 200, 429 and
+   failures, and p50/p99 of the 200s against the budget times one request's latency.
+
+    .venv/bin/python bench/hostile.py [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "modules" / "scorer")]
+
+import make_demo_models  # noqa: E402
+import requests  # noqa: E402
+from scorer.client import GrpcClient  # noqa: E402
+
+from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
+
+BUDGET = 16
+
+
+def timed_ms(call, count: int) -> list[float]:  # type: ignore[no-untyped-def]
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def hostile(server: ScorerProcess) -> list[socket.socket]:
+    held = []
+    for i in range(400):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        if i % 2:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        else:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 150000\r\n\r\nab")
+        held.append(sock)
+    return held
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        make_demo_models.main(["make_demo_models.py", str(work / "demo")])
+        image = (work / "demo" / "images" / "red.jpg").read_bytes()
+        env = scorer_env(
+            work / "demo" / "models" / "colors",
+            work / "cache",
+            PROVIDERS="cpu",
+            CLIENT_TIMEOUT_S="600",
+            MAX_INFLIGHT=str(BUDGET),
+        )
+        server = ScorerProcess(env)
+        server.wait_ready()
+        try:
+            session = requests.Session()
+            headers = {"Content-Type": "image/jpeg"}
+
+            def score() -> None:
+                assert session.post(server.url + "/score", data=image, headers=headers).ok
+
+            grpc_client = GrpcClient(server.grpc_target)
+            quiet = timed_ms(score, args.requests)
+            held = hostile(server)
+            time.sleep(1)
+            busy = timed_ms(score, args.requests)
+            health = timed_ms(lambda: session.get(server.url + "/healthz"), 50)
+            grpc = timed_ms(lambda: grpc_client.score(image), 50)
+            for sock in held:
+                sock.close()
+            grpc_client.close()
+            single = statistics.median(quiet)
+            print("\n1. 200 slowloris + 200 stalled bodies held open (2 vCPU, demo colour model)")
+            print(f"   sequential /score p50 quiet     {single:7.2f} ms")
+            print(f"   sequential /score p50 hostile   {statistics.median(busy):7.2f} ms"
+                  f"  ({statistics.median(busy) / single:.2f}x quiet)")  # fmt: skip
+            print(f"   /healthz p50 hostile            {statistics.median(health):7.2f} ms")
+            print(f"   gRPC Score p50 hostile          {statistics.median(grpc):7.2f} ms")
+
+            clients = BUDGET * 4
+            stop_at = time.monotonic() + args.seconds
+
+            def client(_: int) -> tuple[collections.Counter, list[float]]:
+                own = requests.Session()
+                codes: collections.Counter = collections.Counter()
+                ok_ms = []
+                while time.monotonic() < stop_at:
+                    started = time.perf_counter()
+                    try:
+                        response = own.post(
+                            server.url + "/score", data=image, headers=headers, timeout=30
+                        )
+                        codes[response.status_code] += 1
+                        if response.status_code == 200:
+                            ok_ms.append((time.perf_counter() - started) * 1000)
+                    except requests.RequestException:
+                        codes["failed"] += 1
+                return codes, ok_ms
+
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                outcomes = list(pool.map(client, range(clients)))
+            codes = sum((c for c, _ in outcomes), collections.Counter())
+            ok = [ms for _, samples in outcomes for ms in samples]
+            print(f"\n2. {clients} clients, {BUDGET} in-flight slots, {args.seconds:g} s")
+            print(f"   answers: {dict(codes)}")
+            print(f"   200s p50 {percentile(ok, 0.5):.1f} ms, p99 {percentile(ok, 0.99):.1f} ms;"
+                  f" budget x one request = {BUDGET * single:.1f} ms"
+                  f" (p99 / that = {percentile(ok, 0.99) / (BUDGET * single):.2f})")  # fmt: skip
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
