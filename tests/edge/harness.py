@@ -153,12 +153,71 @@ class _UnixHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     daemon_threads = True
 
 
-class WorkloadApi:
-    """IoT Edge's workload API: `GET /trust-bundle`, `POST /modules/{m}/genid/{g}/sign`."""
+class EdgeCa:
+    """The device's edge CA: issues module server certificates of a chosen lifetime."""
 
-    def __init__(self, socket_path: Path, ca_pem: str) -> None:
+    def __init__(self, lifetime: datetime.timedelta = datetime.timedelta(days=90)) -> None:
+        self.lifetime = lifetime
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge CA (test)")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.issued = 0
+
+    @property
+    def pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def server_certificate(self, common_name: str) -> dict[str, Any]:
+        """What the workload API answers: key, certificate and expiration."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expires = now + self.lifetime
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.DNSName(common_name)]
+        with contextlib.suppress(ValueError):
+            names.append(x509.IPAddress(ipaddress.ip_address(common_name)))
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(expires)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.issued += 1
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        return {
+            "privateKey": {"type": "key", "bytes": key_pem},
+            "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode() + self.pem,
+            "expiration": expires.isoformat(),
+        }
+
+
+class WorkloadApi:
+    """IoT Edge's workload API: `GET /trust-bundle`, `POST /modules/{m}/genid/{g}/sign` and
+    `.../certificate/server` (module server certificates from `edge_ca`)."""
+
+    def __init__(self, socket_path: Path, ca_pem: str, edge_ca: EdgeCa | None = None) -> None:
         self.socket_path = socket_path
         self.keys: dict[str, bytes] = {}
+        self.edge_ca = edge_ca or EdgeCa()
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -180,6 +239,9 @@ class WorkloadApi:
                 match = re.match(r"/modules/([^/]+)/genid/[^/]+/sign", self.path)
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length) or b"{}")
+                if re.match(r"/modules/[^/]+/genid/[^/]+/certificate/server\?", self.path):
+                    self._reply(201, api.edge_ca.server_certificate(request["commonName"]))
+                    return
                 if not match:
                     self._reply(404, {"message": "not found"})
                     return

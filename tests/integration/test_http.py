@@ -177,10 +177,14 @@ def test_twenty_concurrent_clients_get_their_own_answers(
 
     def score(label: str) -> tuple[str, str]:
         with requests.Session() as session:
-            response = session.post(
-                colors.url + "/score", data=images[label], headers={"Content-Type": "image/jpeg"}
-            )
-        return label, _top(response)
+            while True:  # 20 clients, 16 slots: a client told 429 retries, as it should
+                response = session.post(
+                    colors.url + "/score",
+                    data=images[label],
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                if response.status_code != 429:
+                    return label, _top(response)
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(score, jobs))

@@ -125,3 +125,67 @@ def test_a_client_that_never_finishes_the_handshake_holds_nothing(
     finally:
         for sock in stalled:
             sock.close()
+
+
+def served_serial(url: str, ca: str) -> int:
+    """The serial number of the certificate a new TLS connection gets."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as secure,
+    ):
+        der = secure.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_an_iot_edge_certificate_serves_both_ports_and_is_renewed_in_time(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    import datetime
+    import time
+
+    from tests.edge.harness import EdgeCa, WorkloadApi
+
+    edge_ca = EdgeCa(lifetime=datetime.timedelta(seconds=6))  # renewed after about 5 s
+    workload = WorkloadApi(tmp_path / "workload.sock", "", edge_ca)
+    ca = tmp_path / "edge-ca.pem"
+    ca.write_text(edge_ca.pem)
+    env = scorer_env(
+        demo_dir / "models" / "colors", tmp_path, PROVIDERS="cpu", TLS="edge", EDGE="off"
+    )
+    env.update(
+        IOTEDGE_WORKLOADURI=workload.uri,
+        IOTEDGE_DEVICEID="jetson-01",
+        IOTEDGE_MODULEID="scorer",
+        IOTEDGE_GATEWAYHOSTNAME="127.0.0.1",
+        IOTEDGE_IOTHUBHOSTNAME="hub.azure-devices.net",
+        IOTEDGE_MODULEGENERATIONID="gen-1",
+        IOTEDGE_APIVERSION="2019-01-30",
+    )
+    process = ScorerProcess(env, ca=ca)
+    try:
+        process.wait_ready()
+        first = served_serial(process.url, str(ca))
+        client = GrpcClient(process.grpc_target, ca_file=str(ca))
+        image = (demo_dir / "images" / "blue.jpg").read_bytes()
+        assert client.score(image)["predictions"][0]["tagName"] == "blue"
+        deadline = time.monotonic() + 30
+        while served_serial(process.url, str(ca)) == first:
+            assert time.monotonic() < deadline, "the certificate was not renewed"
+            time.sleep(0.5)
+        assert edge_ca.issued >= 2
+        assert "TLS certificate renewed from IoT Edge" in process.log
+        renewed = GrpcClient(process.grpc_target, ca_file=str(ca))  # a new gRPC connection
+        assert renewed.score(image)["predictions"][0]["tagName"] == "blue"
+        client.close()
+        renewed.close()
+    finally:
+        process.stop()
+        workload.close()

@@ -28,7 +28,8 @@ from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
 from .settings import Settings, SettingsError, run_by_iot_edge
-from .tls import TlsFiles
+from .tls import TlsSource
+from .tls import from_settings as tls_from_settings
 from .watchdog import Watchdog
 from .worker import ScorerWorker
 
@@ -144,20 +145,13 @@ def load_model(scorer: Scorer, settings: Settings) -> None:
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def tls_files(settings: Settings) -> TlsFiles | None:
-    """TLS for both ports, when a certificate and key are configured."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    return TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
-
-
 def end_the_process(reason: str) -> None:
     """Leave at once with a failing status: gunicorn's master stops too, and IoT Edge (or
     whoever runs the scorer) starts it again on a fresh session and device context."""
     os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def start_grpc(scorer: Scorer, settings: Settings) -> Any:
+def start_grpc(scorer: Scorer, settings: Settings, tls: TlsSource | None) -> Any:
     """Start the gRPC server on the worker's scorer; a port it cannot bind ends the worker."""
     # Imported after the fork, like onnxruntime: gRPC's core must not run in the master.
     from .rpc import create_server
@@ -168,7 +162,7 @@ def start_grpc(scorer: Scorer, settings: Settings) -> Any:
             f"{settings.host}:{settings.grpc_port}",
             settings.grpc_max_calls,
             ApiKeys(settings.api_keys),
-            tls_files(settings),
+            tls,
         )
     except RuntimeError as error:
         log.critical("cannot start: %s", error)
@@ -202,11 +196,11 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
 class ScorerServer(BaseApplication):
     """gunicorn, configured from `Settings`, with one worker that owns the model."""
 
-    def __init__(self, settings: Settings, spec: ModelSpec) -> None:
+    def __init__(self, settings: Settings, spec: ModelSpec, tls: TlsSource | None) -> None:
         self.settings = settings
         self.spec = spec
         self.scorer: Scorer | None = None
-        self.tls = tls_files(settings)  # the worker wraps HTTP connections with it
+        self.tls = tls  # the worker wraps HTTP connections with it
         self.grpc_server: Any = None
         self.edge_publisher: Any = None
         super().__init__()
@@ -243,7 +237,9 @@ class ScorerServer(BaseApplication):
             target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
         ).start()
         Watchdog(scorer, self.settings.inference_timeout_s, end_the_process).start()
-        self.grpc_server = start_grpc(scorer, self.settings)
+        self.grpc_server = start_grpc(scorer, self.settings, self.tls)
+        if self.tls is not None:
+            self.tls.keep_renewing()  # in the worker: its HTTP context and gRPC follow
         self.edge_publisher = start_edge(scorer, self.settings)
         policy = None
         if self.settings.url_enabled:
@@ -272,8 +268,13 @@ def main() -> int:
         log.critical("cannot start: %s", one_line(error))
         log.debug("why the export could not be read", exc_info=True)
         return 2
+    try:
+        tls = tls_from_settings(settings, os.environ)
+    except (OSError, ValueError, KeyError) as error:
+        log.critical("cannot start: no TLS certificate: %s", one_line(error))
+        return 2
     log.info("serving %s: %s", settings.model_dir, spec.summary())
-    ScorerServer(settings, spec).run()
+    ScorerServer(settings, spec, tls).run()
     return 0
 
 

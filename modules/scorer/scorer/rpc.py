@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from .auth import NO_KEYS, OPEN_GRPC_PREFIXES, ApiKeys, presented_key
 from .core import Code, Result, ScoreOptions, Scorer, ScoringError
 from .generated import scoring_pb2
-from .tls import TlsFiles
+from .tls import TlsSource
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class GrpcServer:
     """The gRPC front end on an event loop of its own, in a thread beside gunicorn's."""
 
     def __init__(
-        self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys, tls: TlsFiles | None
+        self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys, tls: TlsSource | None
     ) -> None:
         self.scorer = scorer
         self.keys = keys
@@ -321,7 +321,7 @@ def create_server(
     address: str,
     max_calls: int = 256,
     keys: ApiKeys = NO_KEYS,
-    tls: TlsFiles | None = None,
+    tls: TlsSource | None = None,
 ) -> tuple[GrpcServer, int]:
     """A gRPC server (not started) for the scorer, with health and reflection; and its port.
 

@@ -182,6 +182,10 @@ class Settings:
     api_keys: tuple[str, ...] = _setting(
         (), _keys, "comma-separated API keys (empty: no key needed); several for rotation", True
     )
+    tls: str = _setting(
+        "auto", _choice("auto", "edge"), "edge: a certificate from IoT Edge (auto: the files)"
+    )
+    tls_common_name: str = _setting("", str, "name in the IoT Edge certificate (default: host)")
     tls_cert_file: Path | None = _setting(None, Path, "PEM certificate (chain): TLS on both ports")
     tls_key_file: Path | None = _setting(None, Path, "PEM private key of that certificate")
     tls_client_ca_file: Path | None = _setting(
@@ -235,6 +239,10 @@ class Settings:
             raise SettingsError(
                 "SCORER_DECODE_BUDGET_BYTES must be at least SCORER_MAX_DECODE_BYTES"
             )
+        if settings.tls == "edge" and not run_by_iot_edge(environ):
+            raise SettingsError("SCORER_TLS=edge needs the module environment IoT Edge gives")
+        if settings.tls == "edge" and settings.tls_cert_file:
+            raise SettingsError("SCORER_TLS=edge and SCORER_TLS_CERT_FILE exclude each other")
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise SettingsError("SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE go together")
         if settings.tls_client_ca_file and not settings.tls_cert_file:

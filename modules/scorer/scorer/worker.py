@@ -128,7 +128,7 @@ class ScorerWorker(ThreadWorker):
         # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued.
         self.scoring: set[TConn] = set()
         tls = self.app.tls
-        self.tls_context = tls.server_context() if tls is not None else None
+        self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
         super().init_process()  # loads the app, then runs the loop
 
     # --- reading requests in the event loop ---------------------------------------------
