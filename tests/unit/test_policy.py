@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from relay import policy as rules
@@ -35,9 +36,69 @@ def test_alert_rules_match_on_their_own_threshold_ignoring_the_filter() -> None:
     assert [(d.label, d.probability) for d in matches] == [("fire", 0.35)]
 
 
-def test_malformed_predictions_are_skipped() -> None:
-    broken = {"predictions": [{"tagName": 3, "probability": "x"}, {"probability": 0.9}]}
-    assert rules.kept_detections(broken, Policy(min_probability=0.0)) == []
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"predictions": {"a": 1}}', "predictions is not a list"),
+        (b'{"predictions": [3]}', "predictions[0] is not an object"),
+        (b'{"predictions": [{"tagName": 3, "probability": 0.5}]}', "tagName"),
+        (b'{"predictions": [{"tagName": "a", "probability": true}]}', "probability"),
+        (b'{"predictions": [{"tagName": "a", "probability": NaN}]}', "NaN"),
+        (b'{"predictions": [{"tagName": "a", "probability": Infinity}]}', "Infinity"),
+        (b'{"predictions": [{"tagName": "a", "probability": 1.5}]}', "from 0 to 1"),
+        (
+            b'{"predictions": [{"tagName": "a", "probability": 0.5, "boundingBox": [1, 2]}]}',
+            "boundingBox",
+        ),
+        (b'{"id": 7, "predictions": []}', "id is not a string"),
+    ],
+)
+def test_malformed_results_are_refused_at_the_door_with_the_reason(
+    payload: bytes, reason: str
+) -> None:
+    with pytest.raises(rules.InvalidResult, match=re.escape(reason)):
+        rules.parse_result(payload)
+
+
+def test_a_well_formed_result_passes_the_door() -> None:
+    parsed = rules.parse_result(json.dumps(result(("cat", 0.9))).encode())
+    assert [d.label for d in rules.detections(parsed)] == ["cat"]
+
+
+def test_bodies_are_strict_json() -> None:
+    with pytest.raises(ValueError):
+        rules.encode({"probability": float("nan")})
+
+
+def test_an_alert_with_thousands_of_detections_fits_iot_hub_and_says_what_it_left_out() -> None:
+    many = result(*((f"defect-{i:05d}", 0.5 + (i % 500) / 1000) for i in range(5000)))
+    for p in many["predictions"]:  # detections carry boxes: 5,000 of them are ~400 KB
+        p["boundingBox"] = {"left": 0.123456, "top": 0.234567, "width": 0.1, "height": 0.2}
+    matches = rules.detections(many)
+    alert = rules.alert_message(many, matches)
+    body = json.loads(alert.body)
+    assert len(alert.body) <= rules.BODY_LIMIT
+    assert len(body["matches"]) + body["truncated"] == 5000 and body["truncated"] > 0
+    kept = [m["probability"] for m in body["matches"]]
+    assert min(kept) >= max(
+        d.probability for d in matches if d.label not in {m["label"] for m in body["matches"]}
+    )  # the most probable ones were kept
+
+
+def test_a_small_alert_is_not_marked_truncated() -> None:
+    small = result(("defect", 0.9))
+    assert "truncated" not in json.loads(rules.alert_message(small, rules.detections(small)).body)
+
+
+def test_fold_of_forty_thousand_labels_counts_each_once() -> None:
+    d = rules.Detection
+    found = [d(f"label-{i}", 0.5) for i in range(40_000)] + [d("label-0", 0.9)]
+    window = rules.fold({}, found, "2026-01-01T00:00:01Z")
+    assert len(window) == 40_000
+    stamp = "2026-01-01T00:00:01Z"
+    assert window["label-0"] == LabelStats(1, 2, 0.9, stamp, stamp)
 
 
 def test_fold_accumulates_frames_detections_max_and_times() -> None:

@@ -86,10 +86,64 @@ def test_applied_policy_survives_a_restart_with_rejected_values_kept(tmp_path: P
     assert [b["type"] for b in bodies(second)] == ["alert"]
 
 
-def test_invalid_input_is_counted_not_relayed(spool: Spool) -> None:
-    relay = Relay(spool, Policy())
-    assert relay.handle(b"{not json") == "invalid"
-    assert spool.counters()["invalid"] == 1 and spool.depth()[0] == 0
+def test_a_poison_input_is_dead_lettered_with_its_reason_and_the_next_ones_go_on(
+    spool: Spool,
+) -> None:
+    relay = Relay(spool, Policy(0.0, alerts=(AlertRule("fire", 0.5),)))
+    spool.receive("m0", b'{"predictions": [{"tagName": "fire", "boundingBox": 7}]}')
+    assert relay.handle(b'{"predictions": [{"tagName": "fire", "boundingBox": 7}]}', "m0") == (
+        "rejected"
+    )
+    assert spool.unhandled() == []  # out of the inbox: never replayed into a crash
+    (dead,) = spool.dead_letters()
+    assert dead[1] == "m0" and "probability" in dead[2] and dead[3].startswith(b'{"predictions"')
+    for i in range(100):
+        assert relay.handle(json.dumps(result(("fire", 0.9), rid=f"r{i}")).encode()) == "accepted"
+    counters = spool.counters()
+    assert counters["rejected"] == 1 and counters["results"] == 100 and counters["alerts"] == 100
+
+
+def test_a_message_the_hub_refuses_as_too_large_is_dead_lettered_not_retried(
+    spool: Spool,
+) -> None:
+    relay = Relay(spool, Policy(0.0, alerts=(AlertRule("a", 0.0),)))
+    relay.handle(json.dumps(result(("a", 0.5), rid="big")).encode())
+    relay.handle(json.dumps(result(("a", 0.6), rid="next")).encode())
+    sent: list[Outgoing] = []
+
+    def send(message: Outgoing) -> None:
+        if json.loads(message.body)["resultId"] == "big":
+            raise ValueError("Size of message can not exceed 256 KB.")
+        sent.append(message)
+
+    forwarder = Forwarder(spool, send, retry_initial_s=0.01, retry_max_s=0.01)
+    forwarder.start()
+    assert forwarder.drain(10)
+    forwarder.stop()
+    assert [json.loads(m.body)["resultId"] for m in sent] == ["next"]
+    assert "refused" in spool.dead_letters()[0][2]
+
+
+def test_the_forwarder_outlives_a_failing_spool_and_is_restarted_if_it_dies(
+    spool: Spool,
+) -> None:
+    relay = Relay(spool, Policy(0.0, alerts=(AlertRule("a", 0.0),)))
+    relay.handle(json.dumps(result(("a", 0.5), rid="one")).encode())
+    sent: list[Outgoing] = []
+    failures = iter([OSError("disk I/O error"), OSError("database or disk is full")])
+    original = spool.oldest
+
+    def flaky_oldest(limit: int = 32) -> list:
+        for failure in failures:
+            raise failure
+        return original(limit)
+
+    spool.oldest = flaky_oldest  # type: ignore[method-assign]
+    forwarder = Forwarder(spool, sent.append, retry_initial_s=0.01, retry_max_s=0.01)
+    forwarder.start()
+    assert forwarder.drain(10) and len(sent) == 1 and forwarder.errors == 2
+    forwarder.stop()
+    assert forwarder.alive()  # stopped on purpose: not restarted
 
 
 def test_size_bound_drops_oldest_non_alerts_first(tmp_path: Path) -> None:

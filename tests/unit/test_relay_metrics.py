@@ -13,7 +13,7 @@ STATS = {
     "results": 1000,
     "alerts": 12,
     "duplicates": 3,
-    "invalid": 1,
+    "rejected": 1,
     "lastError": None,
     "lastErrorTime": None,
     "lastSentTime": "2026-11-30T01:00:00.000Z",

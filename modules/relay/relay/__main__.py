@@ -12,11 +12,12 @@ from typing import Any
 from .iothub import HubLink
 from .metrics import MetricsServer
 from .policy import Policy
-from .relay import Forwarder, Relay
+from .relay import Forwarder, Relay, iso
 from .settings import Settings, SettingsError
 from .spool import Spool
 
 log = logging.getLogger("relay")
+MAX_ATTEMPTS = 3  # starts an input may fail at before it is quarantined
 
 
 class RelayModule:
@@ -54,7 +55,12 @@ class RelayModule:
     def on_input(self, payload: bytes, message_id: str) -> None:
         if not self.accepting.is_set():
             return  # stopping: it stays in the durable inbox and is handled after restart
-        self.relay.handle(payload, message_id)
+        try:
+            self.relay.handle(payload, message_id)
+        except Exception as error:
+            log.exception("input %s could not be handled; quarantined", message_id)
+            reason = f"handling failed: {type(error).__name__}: {error}"
+            self.spool.quarantine_input(message_id, payload, reason, iso(time.time()))
 
     def on_desired(self, desired: dict[str, Any]) -> None:
         self.relay.apply_desired(desired)
@@ -73,7 +79,8 @@ class RelayModule:
             "results": int(counters.get("results", 0)),
             "alerts": int(counters.get("alerts", 0)),
             "duplicates": int(counters.get("duplicates", 0)),
-            "invalid": int(counters.get("invalid", 0)),
+            "rejected": int(counters.get("rejected", 0)),
+            "forwarderErrors": self.forwarder.errors,
             "lastError": state.last_error or None,
             "lastErrorTime": state.last_error_time or None,
             "lastSentTime": state.last_sent_time or None,
@@ -107,12 +114,28 @@ class RelayModule:
         return 404, {"error": f"unknown method {name!r}; use getStats or flush"}
 
     def replay_unhandled(self) -> None:
-        """Handle inputs that were received but not handled before the last stop."""
+        """Handle inputs that were received but not handled before the last stop.
+
+        Each try is counted first, so an input that crashes the relay while it is handled is
+        quarantined after MAX_ATTEMPTS starts instead of crashing every start for ever."""
         pending = self.spool.unhandled()
         for message_id, payload in pending:
-            self.relay.handle(payload, message_id)
+            attempts = self.spool.attempt(message_id)
+            if attempts > MAX_ATTEMPTS:
+                self.spool.quarantine_input(
+                    message_id, payload, f"handling failed {MAX_ATTEMPTS} times", iso(time.time())
+                )
+                log.error("input %s failed %d times; quarantined", message_id, MAX_ATTEMPTS)
+                continue
+            self.on_input_at_start(payload, message_id)
         if pending:
             log.info("handled %d inputs left from before the restart", len(pending))
+
+    def on_input_at_start(self, payload: bytes, message_id: str) -> None:
+        try:
+            self.relay.handle(payload, message_id)
+        except Exception:
+            log.exception("input %s could not be handled at start", message_id)
 
     def connect(self) -> None:
         delay = self.settings.retry_initial_s
@@ -140,7 +163,8 @@ class RelayModule:
         self.report()
         last_report = time.monotonic()
         while not self.stopping.wait(1.0):
-            self.settings.heartbeat_path.touch()
+            if self.forwarder.alive():  # the heartbeat stops if forwarding cannot be revived
+                self.settings.heartbeat_path.touch()
             self.relay.close_window()
             if time.monotonic() - last_report >= self.settings.report_interval_s:
                 self.report()

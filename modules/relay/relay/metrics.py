@@ -24,7 +24,7 @@ METRICS = {
     "results": ("relay_results_total", "counter", "Scorer results handled"),
     "alerts": ("relay_alerts_total", "counter", "Alert messages spooled"),
     "duplicates": ("relay_duplicate_results_total", "counter", "Redelivered results skipped"),
-    "invalid": ("relay_invalid_results_total", "counter", "Inputs that were not a result"),
+    "rejected": ("relay_rejected_inputs_total", "counter", "Inputs dead-lettered (and why)"),
 }
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # IoT Hub's device-to-cloud message limit; bodies are kept under it with room for properties.
@@ -124,14 +124,66 @@ class Detection:
     box: Mapping[str, float] | None = None
 
 
+class InvalidResult(ValueError):
+    """An input that is not a scorer result this relay can handle; the message says why."""
+
+
+MAX_LABEL_CHARS = 256
+BOX_FIELDS = ("left", "top", "width", "height")
+
+
+def _finite(value: Any) -> bool:
+    # `True` is an int in Python but never a probability or a coordinate
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidResult(f"{name} is not a number JSON allows")
+
+
+def parse_result(payload: bytes) -> dict[str, Any]:
+    """A scorer result, checked at the door: types, finiteness, ranges. Raises InvalidResult."""
+    try:
+        result = json.loads(payload, parse_constant=_reject_constant)
+    except InvalidResult:
+        raise
+    except ValueError as error:  # includes bad UTF-8
+        raise InvalidResult(f"not JSON ({error})") from None
+    if not isinstance(result, dict):
+        raise InvalidResult("not a JSON object")
+    for key in ("id", "created"):
+        if key in result and not isinstance(result[key], str):
+            raise InvalidResult(f"{key} is not a string")
+    predictions = result.get("predictions", [])
+    if not isinstance(predictions, list):
+        raise InvalidResult("predictions is not a list")
+    for index, p in enumerate(predictions):
+        where = f"predictions[{index}]"
+        if not isinstance(p, dict):
+            raise InvalidResult(f"{where} is not an object")
+        label = p.get("tagName")
+        if not isinstance(label, str) or not label or len(label) > MAX_LABEL_CHARS:
+            raise InvalidResult(f"{where}.tagName is not a label of 1-{MAX_LABEL_CHARS} characters")
+        if not _finite(p.get("probability")) or not 0 <= p["probability"] <= 1:
+            raise InvalidResult(f"{where}.probability is not a number from 0 to 1")
+        box = p.get("boundingBox")
+        if box is not None and (
+            not isinstance(box, dict) or not all(_finite(box.get(k)) for k in BOX_FIELDS)
+        ):
+            raise InvalidResult(f"{where}.boundingBox is not left/top/width/height numbers")
+    return result
+
+
 def detections(result: Mapping[str, Any]) -> list[Detection]:
-    """The well-formed predictions of a scorer result (malformed entries are skipped)."""
-    found = []
-    for p in result.get("predictions", []):
-        label, probability = p.get("tagName"), p.get("probability")
-        if isinstance(label, str) and isinstance(probability, (int, float)):
-            found.append(Detection(label, float(probability), p.get("boundingBox")))
-    return found
+    """The predictions of a result that `parse_result` accepted."""
+    return [
+        Detection(
+            p["tagName"],
+            float(p["probability"]),
+            {k: float(p["boundingBox"][k]) for k in BOX_FIELDS} if p.get("boundingBox") else None,
+        )
+        for p in result.get("predictions", [])
+    ]
 
 
 def kept_detections(result: Mapping[str, Any], policy: Policy) -> list[Detection]:
@@ -167,19 +219,24 @@ class LabelStats:
 def fold(
     window: Mapping[str, LabelStats], detections: list[Detection], seen_at: str
 ) -> dict[str, LabelStats]:
-    """The window's stats for the labels of one result, updated with its detections."""
+    """The window's stats for the labels of one result, updated with its detections.
+
+    One pass over the detections (a result with 40,000 labels must not take seconds)."""
+    count: dict[str, int] = {}
+    best: dict[str, float] = {}
+    for d in detections:
+        count[d.label] = count.get(d.label, 0) + 1
+        best[d.label] = max(best.get(d.label, 0.0), d.probability)
     updated: dict[str, LabelStats] = {}
-    for label in sorted({d.label for d in detections}):
-        mine = [d for d in detections if d.label == label]
-        best = max(d.probability for d in mine)
+    for label in sorted(count):
         old = window.get(label)
         updated[label] = (
-            LabelStats(1, len(mine), best, seen_at, seen_at)
+            LabelStats(1, count[label], best[label], seen_at, seen_at)
             if old is None
             else LabelStats(
                 old.frames + 1,
-                old.detections + len(mine),
-                max(old.max_probability, best),
+                old.detections + count[label],
+                max(old.max_probability, best[label]),
                 min(old.first_seen, seen_at),
                 max(old.last_seen, seen_at),
             )
@@ -205,7 +262,32 @@ class Outgoing:
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON; never NaN or Infinity, which JSON does not have."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+BODY_LIMIT = MAX_MESSAGE_BYTES - PROPERTY_ALLOWANCE
+
+
+def _fitting(
+    make: Callable[[list[Detection], int], dict[str, Any]], found: list[Detection]
+) -> bytes:
+    """The body with as many detections as fit IoT Hub's message size, most probable first;
+    `truncated` counts those left out (a message that does not fit would block the spool)."""
+    body = encode(make(found, 0))
+    if len(body) <= BODY_LIMIT:
+        return body
+    ranked = sorted(found, key=lambda d: d.probability, reverse=True)
+    low, high = 0, len(ranked)  # the most detections that fit, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(encode(make(ranked[:middle], len(ranked) - middle))) <= BODY_LIMIT:
+            low = middle
+        else:
+            high = middle - 1
+    return encode(make(ranked[:low], len(ranked) - low))
 
 
 def _detection_json(d: Detection) -> dict[str, Any]:
@@ -223,18 +305,24 @@ def _source(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _message(kind: str, field: str, result: Mapping[str, Any], found: list[Detection]) -> Outgoing:
+    top = max(found, key=lambda d: d.probability)
+
+    def make(chosen: list[Detection], truncated: int) -> dict[str, Any]:
+        body = {"type": kind, **_source(result), field: [_detection_json(d) for d in chosen]}
+        return {**body, "truncated": truncated} if truncated else body
+
+    return Outgoing(kind, _fitting(make, found), str(uuid.uuid4()), top.label)
+
+
 def alert_message(result: Mapping[str, Any], matches: list[Detection]) -> Outgoing:
     """An alert for one result, labelled with its most probable match."""
-    top = max(matches, key=lambda d: d.probability)
-    body = {"type": "alert", **_source(result), "matches": [_detection_json(d) for d in matches]}
-    return Outgoing("alert", encode(body), str(uuid.uuid4()), top.label)
+    return _message("alert", "matches", result, matches)
 
 
 def result_message(result: Mapping[str, Any], kept: list[Detection]) -> Outgoing:
     """One filtered result, labelled with its most probable detection."""
-    top = max(kept, key=lambda d: d.probability)
-    body = {"type": "result", **_source(result), "detections": [_detection_json(d) for d in kept]}
-    return Outgoing("result", encode(body), str(uuid.uuid4()), top.label)
+    return _message("result", "detections", result, kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,9 +337,7 @@ class WindowTotals:
 
 
 def summary_messages(
-    totals: WindowTotals,
-    labels: Mapping[str, LabelStats],
-    limit: int = MAX_MESSAGE_BYTES - PROPERTY_ALLOWANCE,
+    totals: WindowTotals, labels: Mapping[str, LabelStats], limit: int = BODY_LIMIT
 ) -> list[Outgoing]:
     """The window's summary, split into parts that each fit IoT Hub's message size.
 
@@ -287,13 +373,17 @@ def summary_messages(
             "labels": dict(chunk),
         }
 
+    # Sizes are added up entry by entry (re-encoding each growing part was quadratic).
+    empty = len(encode(body([], 99999, 99999)))
     chunks: list[list[tuple[str, dict]]] = [[]]
+    size = empty
     for entry in entries:
-        candidate = [*chunks[-1], entry]
-        if chunks[-1] and len(encode(body(candidate, 99999, 99999))) > limit:
-            chunks.append([entry])
-        else:
-            chunks[-1] = candidate
+        grows = len(encode(dict([entry]))) - 2 + 1  # `"label":{...}` and a comma
+        if chunks[-1] and size + grows > limit:
+            chunks.append([])
+            size = empty
+        chunks[-1].append(entry)
+        size += grows
     parts = len(chunks)
     return [
         Outgoing("summary", encode(body(chunk, i + 1, parts)), f"{window_id}-{i + 1}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -76,35 +75,28 @@ class Relay:
         return True
 
     def handle(self, payload: bytes, message_id: str = "") -> str:
-        """Take one result; returns "accepted", "duplicate" or "invalid"."""
-        try:
-            result = json.loads(payload)
-        except ValueError:
-            result = None
-        result_id = (
-            (
-                result.get("id")
-                if isinstance(result, dict) and isinstance(result.get("id"), str)
-                else None
-            )
-            or message_id
-            or hashlib.sha256(payload).hexdigest()
-        )
+        """Take one result; returns "accepted", "duplicate" or "rejected" (dead-lettered)."""
         now = self.clock()
+        try:
+            result = rules.parse_result(payload)
+        except rules.InvalidResult as error:
+            with self._lock, self.spool.transaction() as db:
+                if message_id:
+                    self.spool.forget_received(db, message_id)
+                self.spool.dead_letter(db, message_id, str(error), payload, iso(now))
+            log.warning("input %s rejected: %s", message_id or "(no id)", error)
+            return "rejected"
+        result_id = result.get("id") or message_id or hashlib.sha256(payload).hexdigest()
         with self._lock, self.spool.transaction() as db:
             if message_id:
                 self.spool.forget_received(db, message_id)
-            if not isinstance(result, dict):
-                self.spool.add_counter(db, "invalid")
-                log.warning("input %s is not a JSON result; dropped and counted", result_id)
-                return "invalid"
             if self.spool.was_seen(db, result_id):
                 self.spool.add_counter(db, "duplicates")
                 return "duplicate"
             self.spool.mark_seen(db, result_id)
             kept = rules.kept_detections(result, self._policy)
             matches = rules.alert_matches(result, self._policy)
-            seen_at = result.get("created") if isinstance(result.get("created"), str) else iso(now)
+            seen_at = result.get("created") or iso(now)
             self.spool.update_window(db, rules.fold(self.spool.window(db), kept, seen_at))
             self.spool.add_counter(db, "results")
             self.spool.add_counter(db, "window_frames")
@@ -178,28 +170,56 @@ class Forwarder:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self.errors = 0
+        self.progress = time.monotonic()  # last time the spool's head moved, or was empty
 
     def start(self) -> None:
         self._thread.start()
+
+    def alive(self) -> bool:
+        """The forwarder thread runs; if it died anyway, it is started again here."""
+        if self._thread.is_alive() or self._stop.is_set():
+            return True
+        log.error("the forwarder thread had ended; starting it again")
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self._thread.start()
+        return self._thread.is_alive()
 
     def wake(self) -> None:
         self._wake.set()
 
     def _run(self) -> None:
+        """Never ends on an error: a failing disk or database is logged, counted, retried."""
         delay = self.retry_initial_s
+        while not self._stop.is_set():
+            try:
+                delay = self._send_some(delay)
+            except Exception as error:  # noqa: BLE001 - the forwarder must outlive anything
+                self.errors += 1
+                log.error("forwarder error, retrying in %.1f s: %s", delay, error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    def _send_some(self, delay: float) -> float:
+        """One batch from the spool's head; the back-off to use next."""
         while not self._stop.is_set():
             batch = self.spool.oldest()
             if not batch:
                 self._idle.set()
+                self.progress = time.monotonic()  # nothing to send is progress too
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
             self._idle.clear()
             for seq, message in batch:
                 if self._stop.is_set():
-                    return
+                    return delay
                 try:
                     self.send(message)
+                except ValueError as error:  # the SDK refuses the message itself (its size)
+                    log.error("message %s refused for good, dead-lettered: %s", seq, error)
+                    self.spool.quarantine_outgoing(seq, f"refused: {error}", iso(time.time()))
+                    continue
                 except Exception as error:  # noqa: BLE001 - any failure: keep it spooled, retry
                     self.state.last_error = f"{type(error).__name__}: {error}"[:300]
                     self.state.last_error_time = iso(time.time())
@@ -209,9 +229,11 @@ class Forwarder:
                     delay = min(delay * 2, self.retry_max_s)
                     break
                 self.spool.acknowledge(seq)
+                self.progress = time.monotonic()
                 self.state.last_sent_time = iso(time.time())
                 self.state.connected = True
                 delay = self.retry_initial_s
+        return delay
 
     def drain(self, timeout: float) -> bool:
         """Wait until the spool is empty (True) or the timeout passes (False)."""

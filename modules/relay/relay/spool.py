@@ -36,7 +36,13 @@ CREATE TABLE IF NOT EXISTS window_labels (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, message_id TEXT NOT NULL,
+    reason TEXT NOT NULL, excerpt BLOB NOT NULL
+);
 """
+DEAD_LETTERS_KEPT = 1000  # the newest; the count of all is the `rejected` counter
+EXCERPT_BYTES = 512
 SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
 
 
@@ -52,6 +58,9 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
+        if "attempts" not in columns:  # a spool written by an earlier version
+            self._db.execute("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -135,6 +144,21 @@ class Spool:
     def forget_received(db: sqlite3.Connection, message_id: str) -> None:
         db.execute("DELETE FROM inbox WHERE message_id=?", (message_id,))
 
+    @classmethod
+    def dead_letter(
+        cls, db: sqlite3.Connection, message_id: str, reason: str, payload: bytes, at: str
+    ) -> None:
+        """Keep what could not be handled or sent, with why, instead of retrying it for ever."""
+        db.execute(
+            "INSERT INTO dead_letters(at, message_id, reason, excerpt) VALUES (?, ?, ?, ?)",
+            (at, message_id, reason[:500], payload[:EXCERPT_BYTES]),
+        )
+        db.execute(
+            "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - ?",
+            (DEAD_LETTERS_KEPT,),
+        )
+        cls.add_counter(db, "rejected")
+
     # --- one transaction each --------------------------------------------------------------
 
     def receive(self, message_id: str, payload: bytes) -> None:
@@ -148,6 +172,38 @@ class Spool:
         """Inputs received before a crash but never handled, oldest first."""
         with self._lock:
             return self._db.execute("SELECT message_id, payload FROM inbox ORDER BY seq").fetchall()
+
+    def attempt(self, message_id: str) -> int:
+        """Count one more try at handling a left-over input; how many tries so far."""
+        with self.transaction() as db:
+            db.execute("UPDATE inbox SET attempts = attempts + 1 WHERE message_id=?", (message_id,))
+            row = db.execute(
+                "SELECT attempts FROM inbox WHERE message_id=?", (message_id,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def quarantine_input(self, message_id: str, payload: bytes, reason: str, at: str) -> None:
+        """Move an input that keeps failing out of the inbox, into the dead letters."""
+        with self.transaction() as db:
+            self.forget_received(db, message_id)
+            self.dead_letter(db, message_id, reason, payload, at)
+
+    def quarantine_outgoing(self, seq: int, reason: str, at: str) -> None:
+        """Move a message the hub will never take (too large) out of the spool's head."""
+        with self.transaction() as db:
+            row = db.execute("SELECT message_id, body FROM outbox WHERE seq=?", (seq,)).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+                self.dead_letter(db, row[0], reason, row[1], at)
+
+    def dead_letters(self, limit: int = 20) -> list[tuple[str, str, str, bytes]]:
+        """The newest dead letters: (when, message id, reason, excerpt)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT at, message_id, reason, excerpt FROM dead_letters ORDER BY seq DESC "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
 
     def oldest(self, limit: int = 32) -> list[tuple[int, Outgoing]]:
         """The next messages to send, in spool order."""
