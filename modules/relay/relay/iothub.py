@@ -32,7 +32,9 @@ class CallTimeout(TimeoutError):
     """An SDK call did not return in time; the link is treated as broken."""
 
 
-def _install_durable_receipt(client: IoTHubModuleClient, keep: Callable[[str, bytes], None]):
+def _install_durable_receipt(
+    client: IoTHubModuleClient, keep: Callable[[str, bytes], None]
+) -> bool:
     """Make `keep(message_id, payload)` run before the MQTT PUBACK of every input message.
 
     The SDK acknowledges an input to the broker as soon as it has queued it internally, before
@@ -177,7 +179,7 @@ class HubLink:
 
     def send(self, message: Outgoing) -> None:
         """Send to the output; raises on failure so the message stays spooled."""
-        sdk_message = Message(
+        sdk_message = Message(  # type: ignore[no-untyped-call]  # the SDK has no hints
             message.body,
             message_id=message.message_id,
             content_encoding="utf-8",
@@ -189,7 +191,9 @@ class HubLink:
 
     def desired(self) -> dict[str, Any]:
         """The whole desired section of the twin."""
-        return self._call(self._sdk("get_twin"), self.call_timeout_s).get("desired", {})
+        twin: dict[str, Any] = self._call(self._sdk("get_twin"), self.call_timeout_s)
+        desired: dict[str, Any] = twin.get("desired", {})
+        return desired
 
     def report(self, patch: dict[str, Any]) -> None:
         self._call(self._sdk("patch_twin_reported_properties"), self.call_timeout_s, patch)

@@ -359,7 +359,7 @@ def summary_messages(
     ]
     window_id = str(uuid.uuid4())
 
-    def body(chunk: list[tuple[str, dict]], part: int, parts: int) -> dict[str, Any]:
+    def body(chunk: list[tuple[str, dict[str, Any]]], part: int, parts: int) -> dict[str, Any]:
         return {
             "type": "summary",
             "windowId": window_id,
@@ -375,7 +375,7 @@ def summary_messages(
 
     # Sizes are added up entry by entry (re-encoding each growing part was quadratic).
     empty = len(encode(body([], 99999, 99999)))
-    chunks: list[list[tuple[str, dict]]] = [[]]
+    chunks: list[list[tuple[str, dict[str, Any]]]] = [[]]
     size = empty
     for entry in entries:
         grows = len(encode(dict([entry]))) - 2 + 1  # `"label":{...}` and a comma

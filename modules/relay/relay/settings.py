@@ -57,7 +57,7 @@ class Settings:
         unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in fields)
         if unknown:
             raise SettingsError(f"{unknown[0]} is not a relay setting (see .env.example)")
-        values = {}
+        values: dict[str, typing.Any] = {}
         for variable, name in fields.items():
             if environ.get(variable):
                 try:

@@ -223,9 +223,10 @@ class Spool:
     def depth(self) -> tuple[int, int]:
         """(messages, bytes) waiting in the spool."""
         with self._lock:
-            return self._db.execute(
+            count, size = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM outbox"
             ).fetchone()
+        return int(count), int(size)
 
     def counters(self) -> dict[str, float]:
         with self._lock:

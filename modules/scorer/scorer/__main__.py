@@ -72,7 +72,9 @@ def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
     )
 
 
-def tensorrt_options(settings: Settings, spec: ModelSpec, onnxruntime_version: str) -> dict:
+def tensorrt_options(
+    settings: Settings, spec: ModelSpec, onnxruntime_version: str
+) -> dict[str, Any]:
     """TensorRT's options, its engine cache in a folder keyed by model, runtime and GPU."""
     from . import providers
 

@@ -71,7 +71,7 @@ class HttpClient:
         headers = {"Content-Type": content_type, **self.headers}
         self.connection.request("POST", path, body=image, headers=headers)
         response = self.connection.getresponse()
-        body = json.loads(response.read() or b"{}")
+        body: dict[str, Any] = json.loads(response.read() or b"{}")
         if response.status != 200:
             error = body.get("error", {})
             raise ScoringFailed(error.get("code", str(response.status)), error.get("message", ""))
@@ -79,7 +79,8 @@ class HttpClient:
 
     def model(self) -> dict[str, Any]:
         self.connection.request("GET", "/model", headers=self.headers)
-        return json.loads(self.connection.getresponse().read())
+        info: dict[str, Any] = json.loads(self.connection.getresponse().read())
+        return info
 
     def close(self) -> None:
         self.connection.close()
@@ -152,7 +153,7 @@ class GrpcClient:
         else:
             self.channel = grpc.insecure_channel(target, options=options)
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self.stub = scoring_pb2_grpc.ScoringStub(self.channel)
+        self.stub = scoring_pb2_grpc.ScoringStub(self.channel)  # type: ignore[no-untyped-call]
 
     def request(
         self,

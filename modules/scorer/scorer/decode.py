@@ -158,7 +158,7 @@ def _non_max_suppression(
             Prediction(
                 probability,
                 int(tag),
-                labels[tag],
+                labels[int(tag)],
                 _box_from_corners(left, top, left + width, top + height),
             )
         )

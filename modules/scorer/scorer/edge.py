@@ -168,13 +168,15 @@ class EdgePublisher:
                     last_report = time.monotonic()
                 if pending is None:
                     pending = self.queued.get(timeout=1.0)
-                message = Message(
+                message = Message(  # type: ignore[no-untyped-call]  # the SDK has no hints
                     pending[1],
                     message_id=pending[0],
                     content_type="application/json",
                     content_encoding="utf-8",
                 )
-                self._call(self._client.send_message_to_output, message, self.output)
+                client = self._client
+                assert client is not None  # opened just above
+                self._call(client.send_message_to_output, message, self.output)
                 self.sent += 1
                 pending, delay, self._broken_since = None, 0.5, None
             except queue.Empty:
@@ -210,11 +212,11 @@ class EdgePublisher:
                 errors[key] = f"{error} (got {json.dumps(value)})"
                 continue
             if key == "threshold":
-                self.scorer.default_threshold = parsed
+                self.scorer.default_threshold = float(parsed)
             elif key == "maxPredictions":
-                self.scorer.default_max_predictions = parsed
+                self.scorer.default_max_predictions = int(parsed)
             else:
-                self.enabled = parsed
+                self.enabled = bool(parsed)
         self.desired_errors = errors
         if errors:
             log.warning("desired properties rejected: %s", errors)

@@ -100,12 +100,13 @@ def resolve(target: Target, policy: FetchPolicy) -> list[tuple[int, str]]:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except OSError:
         raise ScoringError(Code.URL_FETCH_FAILED, f"cannot resolve {target.host}") from None
-    usable = []
+    usable: list[tuple[int, str]] = []
     for family, _, _, _, address in infos:
-        ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+        text = str(address[0])
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
         listed = str(ip) in policy.allowed_hosts or f"{ip}:{target.port}" in policy.allowed_hosts
         if not _internal(ip) or listed:
-            usable.append((family, address[0]))
+            usable.append((family, text))
     if not usable:
         raise ScoringError(
             Code.URL_NOT_ALLOWED,

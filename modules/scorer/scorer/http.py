@@ -93,7 +93,7 @@ def _multipart_image(preferred: tuple[str, ...]) -> bytes:
     files = request.files
     for name in preferred:
         if name in files:
-            return files[name].read()
+            return bytes(files[name].read())
     for name in preferred:
         if name in request.form:
             try:  # a form field carries bytes only if they survived as Latin-1 text
@@ -104,7 +104,7 @@ def _multipart_image(preferred: tuple[str, ...]) -> bytes:
                     f"form field {name!r} is text, not image bytes: send the image as a file",
                 ) from None
     if files:
-        return next(iter(files.values())).read()
+        return bytes(next(iter(files.values())).read())
     raise ScoringError(
         Code.EMPTY_BODY, f"multipart body has no file (send it in the field {preferred[0]!r})"
     )
@@ -233,7 +233,8 @@ def create_app(
 
     @app.before_request
     def authenticate() -> None:
-        if request.path in OPEN_HTTP_PATHS or keys.accepts(presented_key(request.headers)):
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        if request.path in OPEN_HTTP_PATHS or keys.accepts(presented_key(headers)):
             return
         scorer.metrics.error(Code.UNAUTHENTICATED.value)
         raise ScoringError(

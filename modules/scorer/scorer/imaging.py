@@ -105,7 +105,7 @@ def decode_image(
     try:
         # Our own limit is checked from the header, before any pixel is decoded; Pillow's
         # bomb check (a process-wide setting) only fires first for truly absurd sizes.
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         width, height = image.size
         if width * height > limits.max_pixels:
             raise ScoringError(
@@ -135,7 +135,7 @@ def decode_image(
     except Image.DecompressionBombError:
         raise ScoringError(
             Code.IMAGE_TOO_LARGE,
-            f"image has more than {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is "
+            f"image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; the limit is "
             f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -186,7 +186,7 @@ def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
         left = max(0, (image.width - crop_w) // 2)
         top = max(0, (image.height - crop_h) // 2)
         image = image.crop((left, top, left + crop_w, top + crop_h))
-    pixels = np.asarray(image, dtype=np.float32)
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if prep.bgr:
         pixels = pixels[:, :, ::-1]
     if prep.pixel_range == "Normalized_0_1":

@@ -189,7 +189,7 @@ def _is_map_output(value: onnx.ValueInfoProto) -> bool:
     kind = value.type.WhichOneof("value")
     if kind == "map_type":
         return True
-    return kind == "sequence_type" and value.type.sequence_type.elem_type.HasField("map_type")
+    return kind == "sequence_type" and bool(value.type.sequence_type.elem_type.HasField("map_type"))
 
 
 def _kind(model: onnx.ModelProto, path: Path) -> tuple[ModelKind, tuple[str, ...]]:
@@ -342,7 +342,7 @@ def _preprocessing(
 def _yolo_options(
     metadata: Mapping[str, str], options: ModelOptions, path: Path
 ) -> decode.YoloOptions:
-    anchors = decode.DEFAULT_ANCHORS
+    anchors: tuple[tuple[float, float], ...] = decode.DEFAULT_ANCHORS
     if _YOLO + "Biases" in metadata:
         biases = _floats(metadata[_YOLO + "Biases"], "Yolo.Biases", path)
         if len(biases) % 2:

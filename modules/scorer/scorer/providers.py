@@ -123,7 +123,7 @@ def _probe_model() -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 PROBE = """

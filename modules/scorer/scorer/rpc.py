@@ -281,7 +281,7 @@ class GrpcServer:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # never waited on: the listener may run on this loop (a model already warm)
-        self.scorer.when_ready(lambda: asyncio.run_coroutine_threadsafe(self._serving(), self.loop))
+        self.scorer.when_ready(self._announce_serving)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
@@ -294,7 +294,10 @@ class GrpcServer:
             raise RuntimeError(f"gRPC cannot listen on {address} ({error})") from None
         if port == 0:
             raise RuntimeError(f"gRPC cannot listen on {address} (in use?)")
-        return port
+        return int(port)
+
+    def _announce_serving(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._serving(), self.loop)
 
     async def _serving(self) -> None:
         for service in ("", SERVICE_NAME):

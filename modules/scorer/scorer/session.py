@@ -26,7 +26,10 @@ class LoadedModel:
 
     def run(self, tensor: np.ndarray) -> list[Any]:
         """Raw outputs, in `spec.output_names` order."""
-        return self.session.run(list(self.spec.output_names), {self.spec.input_name: tensor})
+        outputs: list[Any] = self.session.run(
+            list(self.spec.output_names), {self.spec.input_name: tensor}
+        )
+        return outputs
 
     def decode(self, outputs: list[Any]) -> list[decode.Prediction]:
         """Predictions from raw outputs, by export format."""
@@ -37,14 +40,15 @@ class LoadedModel:
         if kind is ModelKind.CLASSIFICATION_TENSOR:
             return decode.classification(outputs[0], labels)
         if kind is ModelKind.DETECTION_BOXES:
-            return decode.detected_boxes(*outputs, labels)
+            boxes, scores, classes = outputs
+            return decode.detected_boxes(boxes, scores, classes, labels)
         assert self.spec.yolo is not None
         return decode.yolo(outputs[0], labels, self.spec.yolo)
 
     def warm_up(self) -> None:
         """One run on a blank image, so the first request does not pay for lazy init."""
         width, height = self.spec.preprocessing.crop_size or self.spec.preprocessing.target_size
-        blank = np.zeros((1, 3, height, width), dtype=self.spec.preprocessing.dtype)
+        blank: np.ndarray = np.zeros((1, 3, height, width), dtype=self.spec.preprocessing.dtype)
         self.decode(self.run(blank))
 
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -58,8 +59,9 @@ class _Rewriter:
 
     def shape(self, name: str) -> list[int]:
         """Static shape of a value computed by the nodes rewritten so far."""
-        if name in self.initializers:
-            return list(self.array(name).shape)
+        constant = self.array(name)
+        if constant is not None:
+            return list(constant.shape)
         graph = helper.make_graph(
             self.nodes,
             "probe",
@@ -104,7 +106,7 @@ def _target_opsets(model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
     return [helper.make_opsetid("", TARGET_OPSET), *others]
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
