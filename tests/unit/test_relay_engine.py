@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from relay.policy import AlertRule, Outgoing, Policy
+from relay.policy import AlertRule, MessageKind, Outgoing, Policy
 from relay.relay import Forwarder, Relay
 from relay.spool import Spool
 
@@ -149,9 +149,9 @@ def test_the_forwarder_outlives_a_failing_spool_and_is_restarted_if_it_dies(
 def test_size_bound_drops_oldest_non_alerts_first(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "r.db", max_bytes=3000)
     with spool.transaction() as db:
-        spool.enqueue(db, Outgoing("alert", b"a" * 1000, "alert-1"))
+        spool.enqueue(db, Outgoing(MessageKind.ALERT, b"a" * 1000, "alert-1"))
         for i in range(4):
-            spool.enqueue(db, Outgoing("result", b"r" * 1000, f"result-{i}"))
+            spool.enqueue(db, Outgoing(MessageKind.RESULT, b"r" * 1000, f"result-{i}"))
     kept = [m.message_id for _, m in spool.oldest()]
     assert kept == ["alert-1", "result-2", "result-3"]
     assert spool.counters()["dropped_result"] == 2
@@ -168,7 +168,7 @@ def test_received_inputs_wait_in_the_inbox_until_handled(spool: Spool) -> None:
 def test_forwarder_sends_in_order_and_keeps_failures_spooled(spool: Spool) -> None:
     with spool.transaction() as db:
         for i in range(5):
-            spool.enqueue(db, Outgoing("result", b"{}", f"m{i}"))
+            spool.enqueue(db, Outgoing(MessageKind.RESULT, b"{}", f"m{i}"))
     sent: list[str] = []
     fail_once = threading.Event()
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from .iothub import HubLink
 from .metrics import MetricsServer
-from .policy import Policy
+from .policy import MessageKind, Policy
 from .relay import Forwarder, Relay, iso
 from .settings import Settings, SettingsError
-from .spool import Spool
+from .spool import Counter, Spool
 
 log = logging.getLogger("relay")
 MAX_ATTEMPTS = 3  # starts an input may fail at before it is quarantined
@@ -73,13 +73,13 @@ class RelayModule:
         return {
             "queued": queued,
             "queuedBytes": queued_bytes,
-            "sent": int(counters.get("sent", 0)),
-            "dropped": int(sum(v for k, v in counters.items() if k.startswith("dropped_"))),
-            "droppedAlerts": int(counters.get("dropped_alert", 0)),
-            "results": int(counters.get("results", 0)),
-            "alerts": int(counters.get("alerts", 0)),
-            "duplicates": int(counters.get("duplicates", 0)),
-            "rejected": int(counters.get("rejected", 0)),
+            "sent": int(counters.get(Counter.SENT, 0)),
+            "dropped": int(sum(counters.get(Counter.dropped(k), 0) for k in MessageKind)),
+            "droppedAlerts": int(counters.get(Counter.DROPPED_ALERT, 0)),
+            "results": int(counters.get(Counter.RESULTS, 0)),
+            "alerts": int(counters.get(Counter.ALERTS, 0)),
+            "duplicates": int(counters.get(Counter.DUPLICATES, 0)),
+            "rejected": int(counters.get(Counter.REJECTED, 0)),
             "forwarderErrors": self.forwarder.errors,
             "lastError": state.last_error or None,
             "lastErrorTime": state.last_error_time or None,

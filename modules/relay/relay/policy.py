@@ -7,6 +7,7 @@ time; callers pass `now` in and persist what these functions return.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import uuid
@@ -244,18 +245,26 @@ def fold(
     return updated
 
 
+class MessageKind(str, enum.Enum):
+    """What a message upstream is; its application property `type`."""
+
+    ALERT = "alert"
+    RESULT = "result"
+    SUMMARY = "summary"
+
+
 @dataclasses.dataclass(frozen=True)
 class Outgoing:
     """A message for IoT Hub: JSON body, routing properties and a unique id."""
 
-    kind: str  # alert | result | summary
+    kind: MessageKind
     body: bytes
     message_id: str
     label: str = ""
 
     @property
     def properties(self) -> dict[str, str]:
-        props = {"type": self.kind}
+        props = {"type": self.kind.value}
         if self.label:
             props["label"] = self.label
         return props
@@ -305,11 +314,13 @@ def _source(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _message(kind: str, field: str, result: Mapping[str, Any], found: list[Detection]) -> Outgoing:
+def _message(
+    kind: MessageKind, field: str, result: Mapping[str, Any], found: list[Detection]
+) -> Outgoing:
     top = max(found, key=lambda d: d.probability)
 
     def make(chosen: list[Detection], truncated: int) -> dict[str, Any]:
-        body = {"type": kind, **_source(result), field: [_detection_json(d) for d in chosen]}
+        body = {"type": kind.value, **_source(result), field: [_detection_json(d) for d in chosen]}
         return {**body, "truncated": truncated} if truncated else body
 
     return Outgoing(kind, _fitting(make, found), str(uuid.uuid4()), top.label)
@@ -317,12 +328,12 @@ def _message(kind: str, field: str, result: Mapping[str, Any], found: list[Detec
 
 def alert_message(result: Mapping[str, Any], matches: list[Detection]) -> Outgoing:
     """An alert for one result, labelled with its most probable match."""
-    return _message("alert", "matches", result, matches)
+    return _message(MessageKind.ALERT, "matches", result, matches)
 
 
 def result_message(result: Mapping[str, Any], kept: list[Detection]) -> Outgoing:
     """One filtered result, labelled with its most probable detection."""
-    return _message("result", "detections", result, kept)
+    return _message(MessageKind.RESULT, "detections", result, kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +372,7 @@ def summary_messages(
 
     def body(chunk: list[tuple[str, dict[str, Any]]], part: int, parts: int) -> dict[str, Any]:
         return {
-            "type": "summary",
+            "type": MessageKind.SUMMARY.value,
             "windowId": window_id,
             "windowStart": totals.start,
             "windowEnd": totals.end,
@@ -386,7 +397,7 @@ def summary_messages(
         size += grows
     parts = len(chunks)
     return [
-        Outgoing("summary", encode(body(chunk, i + 1, parts)), f"{window_id}-{i + 1}")
+        Outgoing(MessageKind.SUMMARY, encode(body(chunk, i + 1, parts)), f"{window_id}-{i + 1}")
         for i, chunk in enumerate(chunks)
     ]
 

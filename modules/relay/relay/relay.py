@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import hashlib
 import logging
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from . import policy as rules
 from .policy import Outgoing, Policy
-from .spool import Spool
+from .spool import Counter, Spool
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ def iso(timestamp: float) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+class Outcome(str, enum.Enum):
+    """What became of one input."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"  # dead-lettered with its reason
 
 
 class Relay:
@@ -43,8 +52,8 @@ class Relay:
         self._sent_this_minute = 0
         self.wakeup: Callable[[], None] = lambda: None
         with spool.transaction() as db:
-            if spool.counter(db, "window_start", -1) < 0:
-                spool.set_counter(db, "window_start", clock())
+            if spool.counter(db, Counter.WINDOW_START, -1) < 0:
+                spool.set_counter(db, Counter.WINDOW_START, clock())
 
     @property
     def policy(self) -> Policy:
@@ -74,8 +83,8 @@ class Relay:
         self._sent_this_minute += 1
         return True
 
-    def handle(self, payload: bytes, message_id: str = "") -> str:
-        """Take one result; returns "accepted", "duplicate" or "rejected" (dead-lettered)."""
+    def handle(self, payload: bytes, message_id: str = "") -> Outcome:
+        """Take one result; what became of it."""
         now = self.clock()
         try:
             result = rules.parse_result(payload)
@@ -85,57 +94,57 @@ class Relay:
                     self.spool.forget_received(db, message_id)
                 self.spool.dead_letter(db, message_id, str(error), payload, iso(now))
             log.warning("input %s rejected: %s", message_id or "(no id)", error)
-            return "rejected"
+            return Outcome.REJECTED
         result_id = result.get("id") or message_id or hashlib.sha256(payload).hexdigest()
         with self._lock, self.spool.transaction() as db:
             if message_id:
                 self.spool.forget_received(db, message_id)
             if self.spool.was_seen(db, result_id):
-                self.spool.add_counter(db, "duplicates")
-                return "duplicate"
+                self.spool.add_counter(db, Counter.DUPLICATES)
+                return Outcome.DUPLICATE
             self.spool.mark_seen(db, result_id)
             kept = rules.kept_detections(result, self._policy)
             matches = rules.alert_matches(result, self._policy)
             seen_at = result.get("created") or iso(now)
             self.spool.update_window(db, rules.fold(self.spool.window(db), kept, seen_at))
-            self.spool.add_counter(db, "results")
-            self.spool.add_counter(db, "window_frames")
+            self.spool.add_counter(db, Counter.RESULTS)
+            self.spool.add_counter(db, Counter.WINDOW_FRAMES)
             if matches:
                 self.spool.enqueue(db, rules.alert_message(result, matches))
-                self.spool.add_counter(db, "alerts")
+                self.spool.add_counter(db, Counter.ALERTS)
             elif kept:
                 if self._rate_allows(now):
                     self.spool.enqueue(db, rules.result_message(result, kept))
-                    self.spool.add_counter(db, "window_sent")
+                    self.spool.add_counter(db, Counter.WINDOW_SENT)
                 else:
-                    self.spool.add_counter(db, "window_folded")
+                    self.spool.add_counter(db, Counter.WINDOW_FOLDED)
         self.wakeup()
-        return "accepted"
+        return Outcome.ACCEPTED
 
     def close_window(self, force: bool = False) -> int:
         """Spool the summary when the window is over (or now, with `force`); parts spooled."""
         now = self.clock()
         with self._lock, self.spool.transaction() as db:
-            start = self.spool.counter(db, "window_start", now)
+            start = self.spool.counter(db, Counter.WINDOW_START, now)
             if not force and now - start < self._policy.summary_window_s:
                 return 0
-            frames = int(self.spool.counter(db, "window_frames"))
+            frames = int(self.spool.counter(db, Counter.WINDOW_FRAMES))
             messages: list[Outgoing] = []
             if frames:
                 totals = rules.WindowTotals(
                     iso(start),
                     iso(now),
                     frames,
-                    int(self.spool.counter(db, "window_sent")),
-                    int(self.spool.counter(db, "window_folded")),
+                    int(self.spool.counter(db, Counter.WINDOW_SENT)),
+                    int(self.spool.counter(db, Counter.WINDOW_FOLDED)),
                 )
                 messages = rules.summary_messages(totals, self.spool.window(db))
             for message in messages:
                 self.spool.enqueue(db, message)
             self.spool.clear_window(db)
-            for name in ("window_frames", "window_sent", "window_folded"):
+            for name in (Counter.WINDOW_FRAMES, Counter.WINDOW_SENT, Counter.WINDOW_FOLDED):
                 self.spool.set_counter(db, name, 0)
-            self.spool.set_counter(db, "window_start", now)
+            self.spool.set_counter(db, Counter.WINDOW_START, now)
         if messages:
             self.wakeup()
         return len(messages)

@@ -8,6 +8,7 @@ accounted for or not at all, and a redelivered duplicate is recognised and skipp
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .policy import LabelStats, Outgoing
+from .policy import LabelStats, MessageKind, Outgoing
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -43,6 +44,29 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 DEAD_LETTERS_KEPT = 1000  # the newest; the count of all is the `rejected` counter
 EXCERPT_BYTES = 512
+
+
+class Counter(str, enum.Enum):
+    """The counters kept with the spool (in its `counters` table, by these names)."""
+
+    SENT = "sent"
+    RESULTS = "results"
+    ALERTS = "alerts"
+    DUPLICATES = "duplicates"
+    REJECTED = "rejected"
+    DROPPED_ALERT = "dropped_alert"
+    DROPPED_RESULT = "dropped_result"
+    DROPPED_SUMMARY = "dropped_summary"
+    WINDOW_START = "window_start"
+    WINDOW_FRAMES = "window_frames"
+    WINDOW_SENT = "window_sent"
+    WINDOW_FOLDED = "window_folded"
+
+    @classmethod
+    def dropped(cls, kind: MessageKind) -> Counter:
+        return cls(f"dropped_{kind.value}")
+
+
 SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
 
 
@@ -111,23 +135,23 @@ class Spool:
         db.execute("DELETE FROM window_labels")
 
     @staticmethod
-    def counter(db: sqlite3.Connection, name: str, default: float = 0.0) -> float:
-        row = db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+    def counter(db: sqlite3.Connection, name: Counter, default: float = 0.0) -> float:
+        row = db.execute("SELECT value FROM counters WHERE name=?", (name.value,)).fetchone()
         return default if row is None else row[0]
 
     @staticmethod
-    def set_counter(db: sqlite3.Connection, name: str, value: float) -> None:
-        db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (name, value))
+    def set_counter(db: sqlite3.Connection, name: Counter, value: float) -> None:
+        db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (name.value, value))
 
     @classmethod
-    def add_counter(cls, db: sqlite3.Connection, name: str, amount: float = 1) -> None:
+    def add_counter(cls, db: sqlite3.Connection, name: Counter, amount: float = 1) -> None:
         cls.set_counter(db, name, cls.counter(db, name) + amount)
 
     def enqueue(self, db: sqlite3.Connection, message: Outgoing) -> None:
         """Spool a message, then enforce the size bound: oldest non-alerts go first."""
         db.execute(
             "INSERT OR IGNORE INTO outbox(kind, label, message_id, body) VALUES (?, ?, ?, ?)",
-            (message.kind, message.label, message.message_id, message.body),
+            (message.kind.value, message.label, message.message_id, message.body),
         )
         size = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox").fetchone()[0]
         while size > self.max_bytes:
@@ -137,7 +161,7 @@ class Spool:
             if victim is None:
                 break
             db.execute("DELETE FROM outbox WHERE seq=?", (victim[0],))
-            self.add_counter(db, f"dropped_{victim[2]}")
+            self.add_counter(db, Counter.dropped(MessageKind(victim[2])))
             size -= victim[1]
 
     @staticmethod
@@ -157,7 +181,7 @@ class Spool:
             "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - ?",
             (DEAD_LETTERS_KEPT,),
         )
-        cls.add_counter(db, "rejected")
+        cls.add_counter(db, Counter.REJECTED)
 
     # --- one transaction each --------------------------------------------------------------
 
@@ -212,13 +236,13 @@ class Spool:
                 "SELECT seq, kind, body, message_id, label FROM outbox ORDER BY seq LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [(row[0], Outgoing(row[1], row[2], row[3], row[4])) for row in rows]
+        return [(row[0], Outgoing(MessageKind(row[1]), row[2], row[3], row[4])) for row in rows]
 
     def acknowledge(self, seq: int) -> None:
         """IoT Hub's edgeHub took the message: forget it and count it sent."""
         with self.transaction() as db:
             if db.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
-                self.add_counter(db, "sent")
+                self.add_counter(db, Counter.SENT)
 
     def depth(self) -> tuple[int, int]:
         """(messages, bytes) waiting in the spool."""
@@ -229,6 +253,7 @@ class Spool:
         return int(count), int(size)
 
     def counters(self) -> dict[str, float]:
+        """Every counter by its name (a `Counter` value)."""
         with self._lock:
             return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
