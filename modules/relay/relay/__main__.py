@@ -165,6 +165,7 @@ class RelayModule:
         while not self.stopping.wait(1.0):
             if self.forwarder.alive():  # the heartbeat stops if forwarding cannot be revived
                 self.settings.heartbeat_path.touch()
+            self.link.check()  # a dead MQTT network thread: a new client now, not in a minute
             self.relay.close_window()
             if time.monotonic() - last_report >= self.settings.report_interval_s:
                 self.report()

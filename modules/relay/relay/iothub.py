@@ -32,6 +32,28 @@ class CallTimeout(TimeoutError):
     """An SDK call did not return in time; the link is treated as broken."""
 
 
+def mqtt_transport(client: IoTHubModuleClient) -> Any:
+    """The SDK's MQTT transport inside its pipeline (a private part: None if not found)."""
+    stage = getattr(getattr(client, "_mqtt_pipeline", None), "_pipeline", None)
+    while stage is not None and getattr(stage, "transport", None) is None:
+        stage = getattr(stage, "next", None)
+    return getattr(stage, "transport", None)
+
+
+def network_thread_dead(client: IoTHubModuleClient) -> bool:
+    """True when the SDK believes it is connected but paho's network thread has ended.
+
+    paho-mqtt 1.6 can lose that thread to an SSLEOFError when the broker goes away mid-write;
+    the SDK then never notices the broken link and every call hangs. Seeing it lets the link
+    be recreated at once instead of after a minute of failed calls. False when it cannot tell.
+    """
+    paho = getattr(mqtt_transport(client), "_mqtt_client", None)
+    if paho is None or not client.connected:
+        return False
+    thread = getattr(paho, "_thread", None)
+    return thread is None or not thread.is_alive()
+
+
 def _install_durable_receipt(
     client: IoTHubModuleClient, keep: Callable[[str, bytes], None]
 ) -> bool:
@@ -43,10 +65,7 @@ def _install_durable_receipt(
     that one handler stores each input first. `keep` must be quick and durable.
     Returns False (and the relay runs without it) if this SDK version is shaped differently.
     """
-    stage = getattr(getattr(client, "_mqtt_pipeline", None), "_pipeline", None)
-    while stage is not None and getattr(stage, "transport", None) is None:
-        stage = getattr(stage, "next", None)
-    transport = getattr(stage, "transport", None)
+    transport = mqtt_transport(client)
     original = getattr(transport, "on_mqtt_message_received_handler", None)
     if transport is None or original is None:
         log.warning("durable receipt unavailable in this SDK version; kill -9 may lose inputs")
@@ -128,6 +147,23 @@ class HubLink:
             except Exception as error:  # noqa: BLE001 - shutting down: log and move on
                 log.warning("client shutdown did not complete: %s", error)
             calls.shutdown(wait=False, cancel_futures=True)
+
+    def check(self) -> None:
+        """Recreate the client at once if its network thread is dead (called every second)."""
+        client = self._client
+        if client is None or not network_thread_dead(client):
+            return
+        if not self._recreating.acquire(blocking=False):
+            return
+        try:
+            log.warning("the MQTT network thread has ended: recreating the client now")
+            self.close()
+            self.open()
+            self._broken_since = None
+        except Exception as error:  # noqa: BLE001 - the next check or call tries again
+            log.warning("recreating the client failed: %s", error)
+        finally:
+            self._recreating.release()
 
     def _recreate_if_stuck(self) -> None:
         """Count a failure; past `recreate_after_s` of failures, replace the client."""
