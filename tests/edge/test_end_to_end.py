@@ -49,6 +49,7 @@ def test_scored_results_reach_upstream_as_alerts_and_summaries(
             "alerts": [{"label": "red", "minProbability": 0.9}],
             "summaryWindowSeconds": 3600,
             "maxMessagesPerMinute": 0,
+            "alertCooldownSeconds": 0,  # every matching result alerts: none may be lost
         },
     )
     device.module("relay", **relay_settings(device))

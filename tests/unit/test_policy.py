@@ -161,11 +161,20 @@ def test_desired_properties_apply_and_echo() -> None:
         "alerts": [{"label": "fire", "minProbability": 0.2}],
         "summaryWindowSeconds": 30,
         "maxMessagesPerMinute": 5,
+        "alertCooldownSeconds": 60,
+        "maxMessageAgeSeconds": 3600,
     }
     policy, errors = rules.apply_desired(Policy(), desired)
     assert errors == {}
-    assert policy == Policy(0.7, ("defect",), (AlertRule("fire", 0.2),), 30.0, 5)
+    assert policy == Policy(0.7, ("defect",), (AlertRule("fire", 0.2),), 30.0, 5, 60.0, 3600.0)
     assert policy.to_twin() == {k: v for k, v in desired.items() if k != "$version"}
+
+
+def test_an_alert_rule_without_a_minimum_takes_the_policy_minimum() -> None:
+    policy, errors = rules.apply_desired(Policy(), {"alerts": [{"label": "dog"}]})
+    assert errors == {} and policy.alerts == (AlertRule("dog", None),)
+    faint = result(("dog", 2.7e-24), ("dog", 0.6))
+    assert [d.probability for d in rules.alert_matches(faint, policy)] == [0.6]
 
 
 @pytest.mark.parametrize(

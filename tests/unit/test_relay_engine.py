@@ -133,10 +133,10 @@ def test_the_forwarder_outlives_a_failing_spool_and_is_restarted_if_it_dies(
     failures = iter([OSError("disk I/O error"), OSError("database or disk is full")])
     original = spool.oldest
 
-    def flaky_oldest(limit: int = 32) -> list:
+    def flaky_oldest(limit: int = 32, max_age_s: float = 0.0, now: float = 0.0) -> list:
         for failure in failures:
             raise failure
-        return original(limit)
+        return original(limit, max_age_s, now)
 
     spool.oldest = flaky_oldest  # type: ignore[method-assign]
     forwarder = Forwarder(spool, sent.append, retry_initial_s=0.01, retry_max_s=0.01)
@@ -185,3 +185,36 @@ def test_forwarder_sends_in_order_and_keeps_failures_spooled(spool: Spool) -> No
     assert sent == ["m0", "m1", "m2", "m3", "m4"]
     assert forwarder.state.last_error == "ConnectionError: link down"
     assert spool.counters()["sent"] == 5
+
+
+def test_a_label_in_view_for_seconds_sends_one_alert_per_episode_with_a_count(
+    spool: Spool,
+) -> None:
+    """A dog in view for 5 s at 10 frames/s: one alert, then one for the next episode that
+    says how many matches the cool-down held back."""
+    clock = Clock()
+    relay = Relay(spool, Policy(0.5, alerts=(AlertRule("dog"),), alert_cooldown_s=60), clock)
+    for frame in range(50):
+        relay.handle(json.dumps(result(("dog", 0.9), rid=f"a{frame}")).encode())
+        clock.now += 0.1
+    clock.now += 120  # the dog comes back two minutes later
+    relay.handle(json.dumps(result(("dog", 0.8), rid="b0")).encode())
+    alerts = [b for b in bodies(spool) if b["type"] == "alert"]
+    assert len(alerts) == 2
+    assert "suppressedSinceLast" not in alerts[0] and alerts[1]["suppressedSinceLast"] == 49
+    assert spool.counters()["alerts_suppressed"] == 49
+
+
+def test_alerts_go_ahead_of_a_backlog_and_stale_results_expire(spool: Spool) -> None:
+    clock = Clock()
+    policy = Policy(0.0, alerts=(AlertRule("fire", 0.5),), max_messages_per_minute=1000)
+    relay = Relay(spool, policy, clock)
+    for i in range(5):
+        relay.handle(json.dumps(result(("cat", 0.3), rid=f"r{i}")).encode())
+    relay.handle(json.dumps(result(("fire", 0.9), rid="alarm")).encode())
+    order = [m.kind.value for _, m in spool.oldest(10, now=clock.now)]
+    assert order == ["alert"] + ["result"] * 5
+    later = clock.now + 7200  # two hours offline
+    left = spool.oldest(10, max_age_s=3600, now=later)
+    assert [m.kind.value for _, m in left] == ["alert"]
+    assert spool.counters()["expired_results"] == 5

@@ -47,7 +47,11 @@ class RelayModule:
             connection_retry_s=settings.connection_retry_s,
         )
         self.forwarder = Forwarder(
-            self.spool, self.link.send, settings.retry_initial_s, settings.retry_max_s
+            self.spool,
+            self.link.send,
+            settings.retry_initial_s,
+            settings.retry_max_s,
+            max_age_s=lambda: self.relay.policy.max_message_age_s,
         )
         self.relay.wakeup = self.forwarder.wake
         self.metrics = MetricsServer(settings.metrics_port, self.stats)
@@ -80,6 +84,8 @@ class RelayModule:
             "alerts": int(counters.get(Counter.ALERTS, 0)),
             "duplicates": int(counters.get(Counter.DUPLICATES, 0)),
             "rejected": int(counters.get(Counter.REJECTED, 0)),
+            "alertsSuppressed": int(counters.get(Counter.ALERTS_SUPPRESSED, 0)),
+            "expiredResults": int(counters.get(Counter.EXPIRED_RESULTS, 0)),
             "forwarderErrors": self.forwarder.errors,
             "lastError": state.last_error or None,
             "lastErrorTime": state.last_error_time or None,

@@ -21,10 +21,11 @@ PROPERTY_ALLOWANCE = 4 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class AlertRule:
-    """Send at once every result with `label` at `min_probability` or more."""
+    """Send at once every result with `label` at `min_probability` or more (None: at the
+    policy's `minProbability`, so a rule never fires on noise)."""
 
     label: str
-    min_probability: float
+    min_probability: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Policy:
     alerts: tuple[AlertRule, ...] = ()
     summary_window_s: float = 60.0
     max_messages_per_minute: int = 60  # individual non-alert results; 0: summaries only
+    alert_cooldown_s: float = 0.0  # per label: one alert per episode, later ones counted
+    max_message_age_s: float = 0.0  # results older than this are not sent (0: no limit)
+
+    def alert_threshold(self, rule: AlertRule) -> float:
+        return self.min_probability if rule.min_probability is None else rule.min_probability
 
     def to_twin(self) -> dict[str, Any]:
         """The desired-property form of this policy, echoed in reported properties."""
@@ -43,10 +49,15 @@ class Policy:
             "minProbability": self.min_probability,
             "labels": list(self.labels),
             "alerts": [
-                {"label": a.label, "minProbability": a.min_probability} for a in self.alerts
+                {"label": a.label}
+                if a.min_probability is None
+                else {"label": a.label, "minProbability": a.min_probability}
+                for a in self.alerts
             ],
             "summaryWindowSeconds": self.summary_window_s,
             "maxMessagesPerMinute": self.max_messages_per_minute,
+            "alertCooldownSeconds": self.alert_cooldown_s,
+            "maxMessageAgeSeconds": self.max_message_age_s,
         }
 
 
@@ -69,7 +80,9 @@ def _alerts(value: Any) -> tuple[AlertRule, ...]:
     for item in value:
         if not isinstance(item, Mapping) or not isinstance(item.get("label"), str):
             raise ValueError('each alert needs a "label" string')
-        rules.append(AlertRule(item["label"], _probability(item.get("minProbability", 0.0))))
+        threshold = item.get("minProbability")
+        rule_threshold = None if threshold is None else _probability(threshold)
+        rules.append(AlertRule(item["label"], rule_threshold))
     return tuple(rules)
 
 
@@ -85,12 +98,20 @@ def _per_minute(value: Any) -> int:
     return value
 
 
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return float(value)
+
+
 DESIRED_FIELDS = {
     "minProbability": ("min_probability", _probability),
     "labels": ("labels", _labels),
     "alerts": ("alerts", _alerts),
     "summaryWindowSeconds": ("summary_window_s", _window),
     "maxMessagesPerMinute": ("max_messages_per_minute", _per_minute),
+    "alertCooldownSeconds": ("alert_cooldown_s", _seconds),
+    "maxMessageAgeSeconds": ("max_message_age_s", _seconds),
 }
 
 
@@ -202,7 +223,9 @@ def alert_matches(result: Mapping[str, Any], policy: Policy) -> list[Detection]:
     return [
         d
         for d in detections(result)
-        if any(r.label == d.label and d.probability >= r.min_probability for r in policy.alerts)
+        if any(
+            r.label == d.label and d.probability >= policy.alert_threshold(r) for r in policy.alerts
+        )
     ]
 
 
@@ -315,20 +338,29 @@ def _source(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _message(
-    kind: MessageKind, field: str, result: Mapping[str, Any], found: list[Detection]
+    kind: MessageKind,
+    field: str,
+    result: Mapping[str, Any],
+    found: list[Detection],
+    extra: Mapping[str, Any] | None = None,
 ) -> Outgoing:
     top = max(found, key=lambda d: d.probability)
 
     def make(chosen: list[Detection], truncated: int) -> dict[str, Any]:
-        body = {"type": kind.value, **_source(result), field: [_detection_json(d) for d in chosen]}
+        body = {"type": kind.value, **_source(result), **(extra or {})}
+        body[field] = [_detection_json(d) for d in chosen]
         return {**body, "truncated": truncated} if truncated else body
 
     return Outgoing(kind, _fitting(make, found), str(uuid.uuid4()), top.label)
 
 
-def alert_message(result: Mapping[str, Any], matches: list[Detection]) -> Outgoing:
-    """An alert for one result, labelled with its most probable match."""
-    return _message(MessageKind.ALERT, "matches", result, matches)
+def alert_message(
+    result: Mapping[str, Any], matches: list[Detection], suppressed: int = 0
+) -> Outgoing:
+    """An alert for one result, labelled with its most probable match; `suppressed` counts
+    the label's matches held back by the cool-down since its last alert."""
+    extra = {"suppressedSinceLast": suppressed} if suppressed else None
+    return _message(MessageKind.ALERT, "matches", result, matches, extra)
 
 
 def result_message(result: Mapping[str, Any], kept: list[Detection]) -> Outgoing:

@@ -110,16 +110,31 @@ class Relay:
             self.spool.add_counter(db, Counter.RESULTS)
             self.spool.add_counter(db, Counter.WINDOW_FRAMES)
             if matches:
-                self.spool.enqueue(db, rules.alert_message(result, matches))
-                self.spool.add_counter(db, Counter.ALERTS)
+                self._alert(db, result, matches, now)
             elif kept:
                 if self._rate_allows(now):
-                    self.spool.enqueue(db, rules.result_message(result, kept))
+                    self.spool.enqueue(db, rules.result_message(result, kept), now)
                     self.spool.add_counter(db, Counter.WINDOW_SENT)
                 else:
                     self.spool.add_counter(db, Counter.WINDOW_FOLDED)
         self.wakeup()
         return Outcome.ACCEPTED
+
+    def _alert(
+        self, db: Any, result: dict[str, Any], matches: list[rules.Detection], now: float
+    ) -> None:
+        """Spool an alert, unless its label is cooling down: then count it for the next one."""
+        label = max(matches, key=lambda d: d.probability).label
+        state = self.spool.alert_state(db, label)
+        cooldown = self._policy.alert_cooldown_s
+        if state is not None and cooldown > 0 and now - state[0] < cooldown:
+            self.spool.set_alert_state(db, label, state[0], state[1] + 1)
+            self.spool.add_counter(db, Counter.ALERTS_SUPPRESSED)
+            return
+        suppressed = state[1] if state is not None else 0
+        self.spool.enqueue(db, rules.alert_message(result, matches, suppressed), now)
+        self.spool.set_alert_state(db, label, now, 0)
+        self.spool.add_counter(db, Counter.ALERTS)
 
     def close_window(self, force: bool = False) -> int:
         """Spool the summary when the window is over (or now, with `force`); parts spooled."""
@@ -140,7 +155,7 @@ class Relay:
                 )
                 messages = rules.summary_messages(totals, self.spool.window(db))
             for message in messages:
-                self.spool.enqueue(db, message)
+                self.spool.enqueue(db, message, now)
             self.spool.clear_window(db)
             for name in (Counter.WINDOW_FRAMES, Counter.WINDOW_SENT, Counter.WINDOW_FOLDED):
                 self.spool.set_counter(db, name, 0)
@@ -169,9 +184,11 @@ class Forwarder:
         send: Callable[[Outgoing], None],
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        max_age_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.spool = spool
         self.send = send
+        self.max_age_s = max_age_s  # the policy's, read at each batch
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.state = ForwarderState()
@@ -212,7 +229,7 @@ class Forwarder:
     def _send_some(self, delay: float) -> float:
         """One batch from the spool's head; the back-off to use next."""
         while not self._stop.is_set():
-            batch = self.spool.oldest()
+            batch = self.spool.oldest(max_age_s=self.max_age_s(), now=time.time())
             if not batch:
                 self._idle.set()
                 self.progress = time.monotonic()  # nothing to send is progress too

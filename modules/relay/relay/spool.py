@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS window_labels (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_state (
+    label TEXT PRIMARY KEY, last_sent REAL NOT NULL, suppressed INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, message_id TEXT NOT NULL,
     reason TEXT NOT NULL, excerpt BLOB NOT NULL
@@ -50,6 +53,8 @@ class Counter(str, enum.Enum):
     """The counters kept with the spool (in its `counters` table, by these names)."""
 
     SENT = "sent"
+    ALERTS_SUPPRESSED = "alerts_suppressed"
+    EXPIRED_RESULTS = "expired_results"
     RESULTS = "results"
     ALERTS = "alerts"
     DUPLICATES = "duplicates"
@@ -85,6 +90,9 @@ class Spool:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
         if "attempts" not in columns:  # a spool written by an earlier version
             self._db.execute("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "created" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN created REAL NOT NULL DEFAULT 0")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -147,11 +155,24 @@ class Spool:
     def add_counter(cls, db: sqlite3.Connection, name: Counter, amount: float = 1) -> None:
         cls.set_counter(db, name, cls.counter(db, name) + amount)
 
-    def enqueue(self, db: sqlite3.Connection, message: Outgoing) -> None:
+    @staticmethod
+    def alert_state(db: sqlite3.Connection, label: str) -> tuple[float, int] | None:
+        """(when the label's last alert was spooled, matches suppressed since), if any."""
+        row = db.execute(
+            "SELECT last_sent, suppressed FROM alert_state WHERE label=?", (label,)
+        ).fetchone()
+        return None if row is None else (float(row[0]), int(row[1]))
+
+    @staticmethod
+    def set_alert_state(db: sqlite3.Connection, label: str, last: float, suppressed: int) -> None:
+        db.execute("INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", (label, last, suppressed))
+
+    def enqueue(self, db: sqlite3.Connection, message: Outgoing, now: float = 0.0) -> None:
         """Spool a message, then enforce the size bound: oldest non-alerts go first."""
         db.execute(
-            "INSERT OR IGNORE INTO outbox(kind, label, message_id, body) VALUES (?, ?, ?, ?)",
-            (message.kind.value, message.label, message.message_id, message.body),
+            "INSERT OR IGNORE INTO outbox(kind, label, message_id, body, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (message.kind.value, message.label, message.message_id, message.body, now),
         )
         size = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox").fetchone()[0]
         while size > self.max_bytes:
@@ -229,12 +250,26 @@ class Spool:
                 (limit,),
             ).fetchall()
 
-    def oldest(self, limit: int = 32) -> list[tuple[int, Outgoing]]:
-        """The next messages to send, in spool order."""
+    def oldest(
+        self, limit: int = 32, max_age_s: float = 0.0, now: float = 0.0
+    ) -> list[tuple[int, Outgoing]]:
+        """The next messages to send: alerts ahead of any backlog, the rest in spool order.
+
+        With `max_age_s`, results spooled longer ago than that are dropped first (counted):
+        after a long outage, a stale result is worth less than the quota it would use."""
+        if max_age_s > 0:
+            with self.transaction() as db:
+                expired = db.execute(
+                    "DELETE FROM outbox WHERE kind=? AND created > 0 AND created < ?",
+                    (MessageKind.RESULT.value, now - max_age_s),
+                ).rowcount
+                if expired:
+                    self.add_counter(db, Counter.EXPIRED_RESULTS, expired)
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, kind, body, message_id, label FROM outbox ORDER BY seq LIMIT ?",
-                (limit,),
+                "SELECT seq, kind, body, message_id, label FROM outbox "
+                "ORDER BY kind != ?, seq LIMIT ?",
+                (MessageKind.ALERT.value, limit),
             ).fetchall()
         return [(row[0], Outgoing(MessageKind(row[1]), row[2], row[3], row[4])) for row in rows]
 
