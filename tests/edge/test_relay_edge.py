@@ -129,3 +129,61 @@ def test_metrics_endpoint_serves_the_same_counters_as_get_stats(device: EdgeDevi
     stats = device.hub.call("relay", "getStats", {})[1]
     assert f"relay_rejected_inputs_total {float(stats['rejected'])}" in text
     assert "relay_queued_messages " in text  # a gauge: it may move between the two reads
+
+
+def test_a_poison_input_is_dead_lettered_and_a_hundred_good_ones_go_on_across_a_restart(
+    device: EdgeDevice,
+) -> None:
+    device.hub.set_desired(
+        "relay", {"alerts": [{"label": "fire", "minProbability": 0.5}], "alertCooldownSeconds": 0}
+    )
+    settings = relay_settings(device)
+    relay = device.module("relay", **settings)
+    device.wait_connected("relay")
+    poison = json.dumps(
+        {"id": "p", "predictions": [{"tagName": "fire", "probability": 0.9, "boundingBox": 7}]}
+    ).encode()
+    device.hub.inject("relay", "results", poison, "poison")
+    for i in range(100):
+        device.hub.inject("relay", "results", result("fire", 0.9, f"good-{i}"), f"good-{i}")
+    wait_for(lambda: len(device.hub.upstream_of("alert")) >= 100, 60, "100 alerts")
+    stats = device.hub.call("relay", "getStats", {})[1]
+    assert stats["rejected"] == 1 and stats["results"] == 100
+    assert relay.stop() == 0
+    device.hub.reported["relay"].clear()  # wait for the new process's own report
+    again = device.module("relay", **settings)  # no crash loop: it starts and serves
+    device.wait_connected("relay")
+    status, stats = device.hub.call("relay", "getStats", {})
+    assert status == 200 and stats["rejected"] == 1
+    assert again.process is not None and again.process.poll() is None
+
+
+def test_an_alert_with_five_thousand_detections_arrives_and_a_later_one_is_not_held_up(
+    device: EdgeDevice,
+) -> None:
+    device.hub.set_desired(
+        "relay", {"alerts": [{"label": "defect", "minProbability": 0.5}], "alertCooldownSeconds": 0}
+    )
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    crowded = {
+        "id": "crowded",
+        "created": "2026-11-25T10:00:00.000Z",
+        "predictions": [
+            {
+                "tagName": "defect",
+                "probability": 0.5 + (i % 400) / 1000,
+                "boundingBox": {"left": 0.1, "top": 0.2, "width": 0.05, "height": 0.05},
+            }
+            for i in range(5000)
+        ],
+    }
+    device.hub.inject("relay", "results", json.dumps(crowded).encode(), "crowded")
+    device.hub.inject("relay", "results", result("defect", 0.97, "after"), "after")
+    wait_for(lambda: len(device.hub.upstream_of("alert")) >= 2, 30, "2 alerts")
+    alerts = device.hub.upstream_of("alert")
+    bodies = {json.loads(a["payload"])["resultId"]: json.loads(a["payload"]) for a in alerts}
+    assert bodies["crowded"]["truncated"] > 0
+    assert len(bodies["crowded"]["matches"]) + bodies["crowded"]["truncated"] == 5000
+    assert len(alerts[0]["payload"]) <= 256 * 1024
+    assert "after" in bodies
