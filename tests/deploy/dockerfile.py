@@ -21,6 +21,10 @@ class Stage:
     user: str = ""
     expose: list[str] = dataclasses.field(default_factory=list)
     runs: list[str] = dataclasses.field(default_factory=list)
+    # (source in the build context, destination) of each COPY from the context, and the
+    # WORKDIR the destination is relative to
+    copies: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    workdir: str = "/"
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -67,4 +71,15 @@ def stages(path: Path) -> list[Stage]:
             found[-1].user = arguments
         elif instruction == "EXPOSE":
             found[-1].expose += arguments.split()
+        elif instruction == "WORKDIR":
+            found[-1].workdir = arguments
+        elif instruction == "COPY" and not arguments.startswith("--from"):
+            *sources, destination = arguments.split()
+            found[-1].copies += [(src, destination, found[-1].workdir) for src in sources]
     return found
+
+
+def context_of(dockerfile: Path) -> Path:
+    """The build context module.json names for the module the Dockerfile belongs to."""
+    manifest = json.loads((dockerfile.parent / "module.json").read_text())
+    return (dockerfile.parent / manifest["image"].get("contextPath", "./")).resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port
-from tests.deploy.dockerfile import stages
+from tests.deploy.dockerfile import Stage, context_of, stages
 from tests.edge.harness import module_environment, wait_for
 
 DOCKERFILES = sorted([*REPO.glob("modules/*/Dockerfile*"), *REPO.glob("base_images/*/Dockerfile*")])
@@ -73,6 +74,20 @@ def _fresh_venv(folder: Path, requirements: list[Path]) -> Path:
     return python
 
 
+def _copied(dockerfile: Path, final: Stage, root: Path) -> Path:
+    """The final stage's files as COPY puts them, from the module's build context; its
+    WORKDIR, where the CMD runs (so what the image lacks, the replay lacks too)."""
+    context = context_of(dockerfile)
+    for source, destination, workdir in final.copies:
+        target = root / workdir.lstrip("/") / destination
+        if (context / source).is_dir():
+            shutil.copytree(context / source, target, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(context / source, target)
+    return root / final.workdir.lstrip("/")
+
+
 def _replay(
     dockerfile: Path, extra_requirements: list[Path], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -81,9 +96,10 @@ def _replay(
     requirements = [dockerfile.parent / r for s in stages(dockerfile) for r in s.requirements]
     python = _fresh_venv(tmp_path / "venv", requirements + extra_requirements)
     run_env = {**final.env, **env, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}"}
+    app = _copied(dockerfile, final, tmp_path / "image")
     process = subprocess.Popen(
         [str(python), *final.cmd[1:]],
-        cwd=dockerfile.parent,
+        cwd=app,
         env=run_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -95,7 +111,7 @@ def _replay(
             assert process.poll() is None, f"CMD exited: {process.stdout.read()}"
             check = subprocess.run(
                 [str(python), *final.healthcheck[1:]],
-                cwd=dockerfile.parent,
+                cwd=app,
                 env=run_env,
                 capture_output=True,
             )

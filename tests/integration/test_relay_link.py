@@ -6,7 +6,7 @@ import base64
 
 import pytest
 from azure.iot.device import IoTHubModuleClient
-from relay.iothub import mqtt_transport, network_thread_dead
+from edgelink import mqtt_transport, network_thread_dead
 
 KEY = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 

@@ -3,22 +3,22 @@
 The only scorer file importing `azure.iot.device`, and imported only when the scorer runs
 under IoT Edge (or a setting asks). Publishing goes through a bounded queue and one sender
 thread, so it never delays or fails a reply; what the queue has to drop is counted and
-reported. SDK calls can block without end, so each runs with a timeout, and a link that stays
-broken gets a new client.
+reported. The client's lifecycle (time limits, recreation, one client at a time) is the
+shared `edgelink.EdgeLink`, the same as the relay's.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
+from edgelink import EdgeLink
 
 from .core import Result, Scorer
 
@@ -66,19 +66,14 @@ class EdgePublisher:
         self.scorer = scorer
         self.output = output
         self.call_timeout_s = call_timeout_s
-        self.recreate_after_s = recreate_after_s
-        self.connection_retry_s = connection_retry_s
         self.report_interval_s = report_interval_s
+        self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s, connection_retry_s)
         self.enabled = True
         self.desired_errors: dict[str, str] = {}
         self.queued: queue.Queue[tuple[str, bytes]] = queue.Queue(queue_size)
         self.sent = 0
         self.dropped = 0
         self.last_error = ""
-        self.connected = False
-        self._client: IoTHubModuleClient | None = None
-        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
-        self._broken_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-publisher", daemon=True)
 
@@ -98,42 +93,19 @@ class EdgePublisher:
 
     # --- client lifecycle ----------------------------------------------------------------------
 
-    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
-        if self._calls is None:
-            raise ConnectionError("no client")
-        future = self._calls.submit(function, *args)
-        try:
-            return future.result(self.call_timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"{function.__name__} took over {self.call_timeout_s:g} s") from None
+    @property
+    def connected(self) -> bool:
+        return self.link.healthy
+
+    def _configure(self, client: IoTHubModuleClient) -> None:
+        client.on_twin_desired_properties_patch_received = self._on_desired
+        client.on_method_request_received = self._on_method
 
     def _open(self) -> None:
-        self._calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="edge-sdk")
-
-        def create_and_connect() -> IoTHubModuleClient:
-            client = IoTHubModuleClient.create_from_edge_environment(
-                connection_retry_interval=self.connection_retry_s
-            )
-            client.on_twin_desired_properties_patch_received = self._on_desired
-            client.on_method_request_received = self._on_method
-            client.connect()
-            return client
-
-        self._client = self._call(create_and_connect)
-        self._apply_desired(self._call(self._client.get_twin).get("desired", {}))
-        self.connected = True
-        log.info("connected to edgeHub; publishing results to output %r", self.output)
-
-    def _close(self) -> None:
-        client, calls = self._client, self._calls
-        self._client = self._calls = None
-        self.connected = False
-        if client is not None and calls is not None:
-            try:
-                calls.submit(client.shutdown).result(self.call_timeout_s)
-            except Exception as error:  # noqa: BLE001 - shutting down: log and move on
-                log.warning("edge client shutdown did not complete: %s", error)
-            calls.shutdown(wait=False, cancel_futures=True)
+        self.link.open()
+        twin: dict[str, Any] = self.link.call("get_twin")
+        self._apply_desired(twin.get("desired", {}))
+        log.info("publishing results to output %r", self.output)
 
     def start(self) -> None:
         self._thread.start()
@@ -141,20 +113,9 @@ class EdgePublisher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(self.call_timeout_s + 1)
-        self._close()
+        self.link.close()
 
     # --- sender ---------------------------------------------------------------------------------
-
-    def _link_failed(self, reason: object) -> None:
-        """Count a failure; after `recreate_after_s` of them (or with no client) drop the client,
-        so the next round opens a new one."""
-        self.connected = False
-        now = time.monotonic()
-        self._broken_since = self._broken_since or now
-        if now - self._broken_since > self.recreate_after_s or self._calls is None:
-            log.warning("edgeHub link broken (%s): recreating the client", reason)
-            self._close()
-            self._broken_since = None
 
     def _run(self) -> None:
         delay = 0.5
@@ -162,7 +123,8 @@ class EdgePublisher:
         pending: tuple[str, bytes] | None = None
         while not self._stop.is_set():
             try:
-                if self._client is None:
+                self.link.check()  # a dead MQTT network thread: a new client now
+                if not self.link.is_open:
                     self._open()
                     self._report()
                     last_report = time.monotonic()
@@ -174,26 +136,19 @@ class EdgePublisher:
                     content_type="application/json",
                     content_encoding="utf-8",
                 )
-                client = self._client
-                assert client is not None  # opened just above
-                self._call(client.send_message_to_output, message, self.output)
+                self.link.call("send_message_to_output", message, self.output)
                 self.sent += 1
-                pending, delay, self._broken_since = None, 0.5, None
+                pending, delay = None, 0.5
             except queue.Empty:
                 pass
             except Exception as error:  # noqa: BLE001 - keep the result, back off, retry
                 self.last_error = f"{type(error).__name__}: {error}"[:300]
-                self._link_failed(error)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            if self._client is not None and time.monotonic() - last_report > self.report_interval_s:
-                # Doubles as the heartbeat: paho-mqtt 1.6 can lose its network thread to an
-                # SSLEOFError and never notice; a report that fails counts like a failed send.
-                if self._report():
-                    self._broken_since = None
-                else:
-                    self._link_failed("reported properties failed")
+            if self.link.is_open and time.monotonic() - last_report > self.report_interval_s:
+                # Doubles as the heartbeat: a report that fails counts against the link.
+                self._report()
                 last_report = time.monotonic()
 
     # --- twin and methods ------------------------------------------------------------------------
@@ -256,9 +211,9 @@ class EdgePublisher:
     def _report(self) -> bool:
         """Send reported properties; False when the link failed them."""
         try:
-            if self._client is not None:
+            if self.link.is_open:
                 patch = {**self.status(), "desiredErrors": self.desired_errors or None}
-                self._call(self._client.patch_twin_reported_properties, patch)
+                self.link.call("patch_twin_reported_properties", patch)
         except Exception as error:  # noqa: BLE001 - best effort; the next report retries
             log.warning("reported properties not sent: %s", error)
             return False
@@ -269,6 +224,5 @@ class EdgePublisher:
             status, payload = 200, self.status()
         else:
             status, payload = 404, {"error": f"unknown method {request.name!r}; use getStatus"}
-        if self._client is not None:
-            response = MethodResponse.create_from_method_request(request, status, payload)
-            self._call(self._client.send_method_response, response)
+        response = MethodResponse.create_from_method_request(request, status, payload)
+        self.link.call("send_method_response", response)

@@ -1,0 +1,183 @@
+"""One IoT Edge module client, kept working: the link both modules use to reach edgeHub.
+
+The SDK's calls can block without end (a send in flight across a dropped link, `get_twin`,
+reported patches while connected), so each runs in a worker thread with a time limit.
+Worse, its MQTT library (paho-mqtt 1.6) can lose its network thread to an `SSLEOFError` when
+the broker goes away mid-write; the client then never notices, never reconnects and never
+receives again. So:
+
+- handlers are set before `connect` (setting them subscribes; inputs may arrive at once);
+- every call is time-limited, and every failure of the link counts against it; a call that
+  fails because of what it was given (`ValueError`, `TypeError`) does not;
+- past `recreate_after_s` of failures, or as soon as paho's network thread is seen dead, the
+  client is replaced: the previous client and its worker threads are always shut down before
+  a new one is made, and a connect that outlives its time limit shuts down the client it made
+  instead of leaving a second, unowned connection under the module's identity.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from azure.iot.device import IoTHubModuleClient
+
+log = logging.getLogger(__name__)
+
+# A failure of what the call was given, not of the link: never a reason to reconnect.
+CALLER_ERRORS = (ValueError, TypeError)
+
+
+class CallTimeout(TimeoutError):
+    """An SDK call did not return in time; the link is treated as broken."""
+
+
+def mqtt_transport(client: IoTHubModuleClient) -> Any:
+    """The SDK's MQTT transport inside its pipeline (a private part: None if not found)."""
+    stage = getattr(getattr(client, "_mqtt_pipeline", None), "_pipeline", None)
+    while stage is not None and getattr(stage, "transport", None) is None:
+        stage = getattr(stage, "next", None)
+    return getattr(stage, "transport", None)
+
+
+def network_thread_dead(client: IoTHubModuleClient) -> bool:
+    """True when the SDK believes it is connected but paho's network thread has ended.
+    False when it cannot tell (another SDK version)."""
+    paho = getattr(mqtt_transport(client), "_mqtt_client", None)
+    if paho is None or not client.connected:
+        return False
+    thread = getattr(paho, "_thread", None)
+    return thread is None or not thread.is_alive()
+
+
+class EdgeLink:
+    """The module's one `IoTHubModuleClient`, created from the IoT Edge environment."""
+
+    def __init__(
+        self,
+        configure: Callable[[IoTHubModuleClient], None],
+        call_timeout_s: float = 10.0,
+        recreate_after_s: float = 60.0,
+        connection_retry_s: int = 10,
+    ) -> None:
+        self.configure = configure  # sets the handlers, before connect
+        self.call_timeout_s = call_timeout_s
+        self.recreate_after_s = recreate_after_s
+        self.connection_retry_s = connection_retry_s
+        self._client: IoTHubModuleClient | None = None
+        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._broken_since: float | None = None
+        self._lock = threading.Lock()
+        self._replacing = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
+    @property
+    def healthy(self) -> bool:
+        """Open, and its last call did not fail."""
+        return self._client is not None and self._broken_since is None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """A new client: the previous one shut down first, handlers set, then connected."""
+        self.close()
+        calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="edge-sdk")
+        abandoned = False
+
+        def create_and_connect() -> None:
+            client = IoTHubModuleClient.create_from_edge_environment(
+                connection_retry_interval=self.connection_retry_s
+            )
+            self.configure(client)
+            client.connect()
+            with self._lock:
+                if not abandoned:
+                    self._client = client
+                    return
+            log.warning("a connect finished after its time limit; shutting that client down")
+            client.shutdown()
+
+        with self._lock:
+            self._calls = calls
+        future = calls.submit(create_and_connect)
+        try:
+            future.result(self.call_timeout_s)
+        except concurrent.futures.TimeoutError:
+            with self._lock:
+                abandoned = True
+            self._count_failure()
+            raise CallTimeout(f"connect took longer than {self.call_timeout_s:g} s") from None
+        except Exception:
+            self._count_failure()
+            raise
+        self._broken_since = None
+        log.info("connected to edgeHub")
+
+    def close(self) -> None:
+        """Shut the client and its worker threads down, without waiting for ever on the SDK."""
+        with self._lock:
+            client, calls = self._client, self._calls
+            self._client = self._calls = None
+        if calls is None:
+            return
+        if client is not None:
+            try:
+                calls.submit(client.shutdown).result(self.call_timeout_s)
+            except Exception as error:  # noqa: BLE001 - shutting down: log and move on
+                log.warning("client shutdown did not complete: %s", error)
+        calls.shutdown(wait=False, cancel_futures=True)
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """`client.<method>(*args)` with a time limit; a failure counts against the link."""
+        with self._lock:
+            client, calls = self._client, self._calls
+        if client is None or calls is None:
+            self._count_failure()
+            raise ConnectionError("not connected to edgeHub")
+        future = calls.submit(getattr(client, method), *args)
+        try:
+            result = future.result(timeout or self.call_timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._count_failure()
+            limit = timeout or self.call_timeout_s
+            raise CallTimeout(f"{method} took longer than {limit:g} s") from None
+        except CALLER_ERRORS:
+            raise
+        except Exception:
+            self._count_failure()
+            raise
+        self._broken_since = None
+        return result
+
+    def check(self) -> None:
+        """Replace the client at once if paho's network thread is dead (call it every second)."""
+        client = self._client
+        if client is not None and network_thread_dead(client):
+            self._replace("the MQTT network thread has ended")
+
+    def _count_failure(self) -> None:
+        """Past `recreate_after_s` of failures, replace the client."""
+        now = time.monotonic()
+        if self._broken_since is None:
+            self._broken_since = now
+        elif now - self._broken_since > self.recreate_after_s:
+            self._replace(f"the link has failed for {now - self._broken_since:.0f} s")
+
+    def _replace(self, why: str) -> None:
+        if not self._replacing.acquire(blocking=False):
+            return  # another thread is replacing it
+        try:
+            log.warning("%s: recreating the client", why)
+            self._broken_since = None
+            self.open()
+        except Exception as error:  # noqa: BLE001 - the next call or check tries again
+            log.warning("recreating the client failed: %s", error)
+        finally:
+            self._replacing.release()
