@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 
@@ -187,3 +188,37 @@ def test_an_alert_with_five_thousand_detections_arrives_and_a_later_one_is_not_h
     assert len(bodies["crowded"]["matches"]) + bodies["crowded"]["truncated"] == 5000
     assert len(alerts[0]["payload"]) <= 256 * 1024
     assert "after" in bodies
+
+
+def test_a_hung_edgehub_leaves_one_client_and_traffic_resumes(device: EdgeDevice) -> None:
+    """edgeHub paused for 30 s with its TCP connections open: calls time out, the client is
+    replaced, and no second client under the module's identity is left behind (two would
+    take the connection from each other, over and over, in the broker's log)."""
+    device.hub.set_desired("relay", {"alerts": [{"label": "fire"}], "alertCooldownSeconds": 0})
+    settings = relay_settings(
+        device,
+        RELAY_CALL_TIMEOUT_S="2",
+        RELAY_SEND_TIMEOUT_S="2",
+        RELAY_RECREATE_AFTER_S="3",
+    )
+    relay = device.module("relay", **settings)
+    device.wait_connected("relay")
+    broker = device.brokers["relay"]
+    broker.pause()
+    time.sleep(30)
+    broker.resume()
+    device.hub.inject("relay", "results", result("fire", 0.9, "after-hang"), "after-hang")
+    wait_for(lambda: device.hub.upstream_of("alert"), 90, f"the alert\n{relay.log}")
+    # Connects that were abandoned while the broker hung may still complete once it answers
+    # again; each shuts its own client down. Within a minute one client must be left: ten
+    # seconds without any connection taking over another under the module's identity.
+    for _ in range(6):
+        start = len(broker.log())
+        time.sleep(10)
+        if "already connected, closing old connection" not in broker.log()[start:]:
+            break
+    else:
+        raise AssertionError(f"clients kept taking over each other:\n{broker.log()[-3000:]}")
+    device.hub.inject("relay", "results", result("fire", 0.8, "settled"), "settled")
+    wait_for(lambda: len(device.hub.upstream_of("alert")) >= 2, 30, "an alert after settling")
+    assert relay.process is not None and relay.process.poll() is None
