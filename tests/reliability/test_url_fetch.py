@@ -55,16 +55,22 @@ def upstream(demo_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def scorer(
-    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, upstream: str
-) -> ScorerProcess:
-    return start_scorer(
+def url_scorer(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> Callable[[str], ScorerProcess]:
+    """A scorer with /url on, allowed to fetch from the given `host:port` entries."""
+    return lambda allowed: start_scorer(
         demo_dir / "models" / "colors",
         PROVIDERS="cpu",
         URL_ENABLED="true",
-        URL_ALLOWED_HOSTS=upstream,
+        URL_ALLOWED_HOSTS=allowed,
         URL_TIMEOUT_S="1",
     )
+
+
+@pytest.fixture
+def scorer(url_scorer: Callable[[str], ScorerProcess], upstream: str) -> ScorerProcess:
+    return url_scorer(upstream)
 
 
 def fetch(scorer: ScorerProcess, url: str) -> requests.Response:
@@ -106,15 +112,10 @@ def test_the_allow_list_checks_the_port(scorer: ScorerProcess) -> None:
 
 
 def test_a_listed_name_that_resolves_to_loopback_is_refused(
-    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, upstream: str
+    url_scorer: Callable[[str], ScorerProcess], upstream: str
 ) -> None:
     port = upstream.split(":")[1]
-    server = start_scorer(
-        demo_dir / "models" / "colors",
-        PROVIDERS="cpu",
-        URL_ENABLED="true",
-        URL_ALLOWED_HOSTS=f"localhost:{port}",
-    )
+    server = url_scorer(f"localhost:{port}")
     response = fetch(server, f"http://localhost:{port}/red.jpg")
     assert code_of(response) == (403, "URL_NOT_ALLOWED")
     assert "internal address" in response.json()["error"]["message"]
@@ -125,15 +126,10 @@ def test_a_redirect_is_checked_like_the_url(scorer: ScorerProcess, upstream: str
 
 
 def test_errors_do_not_echo_socket_error_text(
-    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+    url_scorer: Callable[[str], ScorerProcess],
 ) -> None:
     closed = free_port()
-    server = start_scorer(
-        demo_dir / "models" / "colors",
-        PROVIDERS="cpu",
-        URL_ENABLED="true",
-        URL_ALLOWED_HOSTS=f"127.0.0.1:{closed}",
-    )
+    server = url_scorer(f"127.0.0.1:{closed}")
     response = fetch(server, f"http://127.0.0.1:{closed}/red.jpg")
     assert code_of(response) == (502, "URL_FETCH_FAILED")
     message = response.json()["error"]["message"]
