@@ -236,7 +236,11 @@ def test_layered_deploy_owns_only_its_paths(hub: HubStub, manifest: Path) -> Non
         "properties.desired.modules.relay",
     }
     assert "properties.desired.routes.scorerToRelay" in content["$edgeHub"]
-    assert content["relay"]["properties.desired.summaryWindowSeconds"] == 60
+    deployed = json.loads(manifest.read_text())["modulesContent"]["relay"]["properties.desired"]
+    assert (
+        content["relay"]["properties.desired.summaryWindowSeconds"]
+        == deployed["summaryWindowSeconds"]
+    )
 
 
 def _agent_twin(manifest: Path, running: bool, code: int = 200) -> dict[str, Any]:

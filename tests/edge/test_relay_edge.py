@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
@@ -222,3 +223,33 @@ def test_a_hung_edgehub_leaves_one_client_and_traffic_resumes(device: EdgeDevice
     device.hub.inject("relay", "results", result("fire", 0.8, "settled"), "settled")
     wait_for(lambda: len(device.hub.upstream_of("alert")) >= 2, 30, "an alert after settling")
     assert relay.process is not None and relay.process.poll() is None
+
+
+def test_a_broker_restart_in_a_burst_of_alerts_loses_none_and_needs_no_slow_recreation(
+    device: EdgeDevice,
+) -> None:
+    """edgeHub restarts 0.1 s into 300 alerts. With the slow path (a new client after
+    RELAY_RECREATE_AFTER_S of failures) set to 120 s, everything arriving well before that
+    shows the link came back by itself or by the dead-thread check, not by waiting."""
+    device.hub.set_desired("relay", {"alerts": [{"label": "fire"}], "alertCooldownSeconds": 0})
+    relay = device.module("relay", **relay_settings(device, RELAY_RECREATE_AFTER_S="120"))
+    device.wait_connected("relay")
+    burst = threading.Thread(
+        target=lambda: [
+            device.hub.inject("relay", "results", result("fire", 0.9, f"a{i}"), f"a{i}")
+            for i in range(300)
+        ]
+    )
+    burst.start()
+    time.sleep(0.1)
+    device.brokers["relay"].restart(down_for=0.5)
+    burst.join()
+    wait_for(
+        lambda: (
+            len({json.loads(a["payload"])["resultId"] for a in device.hub.upstream_of("alert")})
+            == 300
+        ),
+        90,
+        f"all 300 alerts upstream\n{relay.log}",
+    )
+    assert "the link has failed for" not in relay.log
