@@ -22,7 +22,6 @@ def start_scorer(device: EdgeDevice, demo_dir: Path, **settings: str) -> tuple[M
         SCORER_HOST="127.0.0.1",
         SCORER_HTTP_PORT="0",
         SCORER_GRPC_PORT="0",
-        SCORER_EDGE_CONNECTION_RETRY_S="1",
         SCORER_EDGE_REPORT_INTERVAL_S="1",
         **settings,
     )

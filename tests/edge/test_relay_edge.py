@@ -16,7 +16,6 @@ from tests.edge.harness import wait_for
 def relay_settings(device: EdgeDevice, **extra: str) -> dict[str, str]:
     return {
         "RELAY_SPOOL_PATH": str(device.folder / "spool" / "relay.db"),
-        "RELAY_CONNECTION_RETRY_S": "1",
         "RELAY_RETRY_INITIAL_S": "0.1",
         "RELAY_RETRY_MAX_S": "1",
         "RELAY_REPORT_INTERVAL_S": "1",

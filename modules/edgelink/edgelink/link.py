@@ -9,15 +9,20 @@ receives again. So:
 - handlers are set before `connect` (setting them subscribes; inputs may arrive at once);
 - every call is time-limited, and every failure of the link counts against it; a call that
   fails because of what it was given (`ValueError`, `TypeError`) does not;
+- the SDK's own reconnecting is off: a client that lost its connection is replaced at once
+  (`check`, every second), so there is only ever one client trying to connect under the
+  module's identity; with it on, clients abandoned while edgeHub hung kept reconnecting and
+  taking the connection from each other once it answered again;
 - past `recreate_after_s` of failures, or as soon as paho's network thread is seen dead, the
-  client is replaced: the previous client and its worker threads are always shut down before
-  a new one is made, and a connect that outlives its time limit shuts down the client it made
-  instead of leaving a second, unowned connection under the module's identity.
+  client is replaced too: the previous client is always shut down before a new one is made,
+  no new connect starts while an abandoned one is still pending, and a connect that outlives
+  its time limit shuts down the client it made;
+- calls run on daemon threads, so a hung SDK call neither blocks its caller past the time
+  limit nor keeps the process from exiting.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
@@ -54,6 +59,38 @@ def network_thread_dead(client: IoTHubModuleClient) -> bool:
     return thread is None or not thread.is_alive()
 
 
+class _Call:
+    """One SDK call on a daemon thread: a hung SDK can neither block the caller past its
+    time limit nor keep the process from exiting (executor threads are joined at exit)."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        worker = threading.Thread(
+            target=self._run, args=(function, args), name="edge-sdk", daemon=True
+        )
+        worker.start()
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = function(*args)
+        except BaseException as error:  # noqa: BLE001 - handed to whoever waits for it
+            self._error = error
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float) -> Any:
+        if not self._done.wait(timeout):
+            raise CallTimeout(f"no answer within {timeout:g} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class EdgeLink:
     """The module's one `IoTHubModuleClient`, created from the IoT Edge environment."""
 
@@ -62,14 +99,12 @@ class EdgeLink:
         configure: Callable[[IoTHubModuleClient], None],
         call_timeout_s: float = 10.0,
         recreate_after_s: float = 60.0,
-        connection_retry_s: int = 10,
     ) -> None:
         self.configure = configure  # sets the handlers, before connect
         self.call_timeout_s = call_timeout_s
         self.recreate_after_s = recreate_after_s
-        self.connection_retry_s = connection_retry_s
+        self._pending_connect: _Call | None = None
         self._client: IoTHubModuleClient | None = None
-        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
         self._broken_since: float | None = None
         self._lock = threading.Lock()
         self._replacing = threading.Lock()
@@ -88,13 +123,13 @@ class EdgeLink:
     def open(self) -> None:
         """A new client: the previous one shut down first, handlers set, then connected."""
         self.close()
-        calls = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="edge-sdk")
+        if self._pending_connect is not None and not self._pending_connect.done():
+            self._count_failure()
+            raise ConnectionError("an earlier connect to edgeHub has not returned yet")
         abandoned = False
 
         def create_and_connect() -> None:
-            client = IoTHubModuleClient.create_from_edge_environment(
-                connection_retry_interval=self.connection_retry_s
-            )
+            client = IoTHubModuleClient.create_from_edge_environment(connection_retry=False)
             self.configure(client)
             client.connect()
             with self._lock:
@@ -104,12 +139,10 @@ class EdgeLink:
             log.warning("a connect finished after its time limit; shutting that client down")
             client.shutdown()
 
-        with self._lock:
-            self._calls = calls
-        future = calls.submit(create_and_connect)
+        connect = self._pending_connect = _Call(create_and_connect)
         try:
-            future.result(self.call_timeout_s)
-        except concurrent.futures.TimeoutError:
+            connect.result(self.call_timeout_s)
+        except CallTimeout:
             with self._lock:
                 abandoned = True
             self._count_failure()
@@ -121,32 +154,27 @@ class EdgeLink:
         log.info("connected to edgeHub")
 
     def close(self) -> None:
-        """Shut the client and its worker threads down, without waiting for ever on the SDK."""
+        """Shut the client down, without waiting for ever on the SDK."""
         with self._lock:
-            client, calls = self._client, self._calls
-            self._client = self._calls = None
-        if calls is None:
+            client, self._client = self._client, None
+        if client is None:
             return
-        if client is not None:
-            try:
-                calls.submit(client.shutdown).result(self.call_timeout_s)
-            except Exception as error:  # noqa: BLE001 - shutting down: log and move on
-                log.warning("client shutdown did not complete: %s", error)
-        calls.shutdown(wait=False, cancel_futures=True)
+        try:
+            _Call(client.shutdown).result(self.call_timeout_s)
+        except Exception as error:  # noqa: BLE001 - shutting down: log and move on
+            log.warning("client shutdown did not complete: %s", error)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """`client.<method>(*args)` with a time limit; a failure counts against the link."""
-        with self._lock:
-            client, calls = self._client, self._calls
-        if client is None or calls is None:
+        client = self._client
+        if client is None:
             self._count_failure()
             raise ConnectionError("not connected to edgeHub")
-        future = calls.submit(getattr(client, method), *args)
+        limit = timeout or self.call_timeout_s
         try:
-            result = future.result(timeout or self.call_timeout_s)
-        except concurrent.futures.TimeoutError:
+            result = _Call(getattr(client, method), *args).result(limit)
+        except CallTimeout:
             self._count_failure()
-            limit = timeout or self.call_timeout_s
             raise CallTimeout(f"{method} took longer than {limit:g} s") from None
         except CALLER_ERRORS:
             raise
@@ -157,9 +185,14 @@ class EdgeLink:
         return result
 
     def check(self) -> None:
-        """Replace the client at once if paho's network thread is dead (call it every second)."""
+        """Replace the client at once if it lost its connection (it does not reconnect by
+        itself) or paho's network thread is dead. Call it every second."""
         client = self._client
-        if client is not None and network_thread_dead(client):
+        if client is None:
+            return
+        if not client.connected:
+            self._replace("the connection to edgeHub was lost")
+        elif network_thread_dead(client):
             self._replace("the MQTT network thread has ended")
 
     def _count_failure(self) -> None:

@@ -44,7 +44,6 @@ class RelayModule:
             call_timeout_s=settings.call_timeout_s,
             send_timeout_s=settings.send_timeout_s,
             recreate_after_s=settings.recreate_after_s,
-            connection_retry_s=settings.connection_retry_s,
         )
         self.forwarder = Forwarder(
             self.spool,

@@ -62,7 +62,6 @@ class HubLink:
         call_timeout_s: float = 10.0,
         send_timeout_s: float = 15.0,
         recreate_after_s: float = 60.0,
-        connection_retry_s: int = 10,
     ) -> None:
         self.input_name = input_name
         self.output_name = output_name
@@ -71,7 +70,7 @@ class HubLink:
         self.on_method = on_method
         self.keep_input = keep_input
         self.send_timeout_s = send_timeout_s
-        self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s, connection_retry_s)
+        self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s)
 
     def _configure(self, client: IoTHubModuleClient) -> None:
         # Before the handlers: setting them subscribes, and inputs may arrive at once.

@@ -39,7 +39,6 @@ class Settings:
     send_timeout_s: float = 15.0
     call_timeout_s: float = 10.0
     recreate_after_s: float = 60.0
-    connection_retry_s: int = 10
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     report_interval_s: float = 30.0

@@ -187,7 +187,6 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
         queue_size=settings.edge_queue_size,
         call_timeout_s=settings.edge_call_timeout_s,
         recreate_after_s=settings.edge_recreate_after_s,
-        connection_retry_s=settings.edge_connection_retry_s,
         report_interval_s=settings.edge_report_interval_s,
     )
     scorer.sink = publisher

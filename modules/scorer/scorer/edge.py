@@ -60,14 +60,13 @@ class EdgePublisher:
         queue_size: int = 1000,
         call_timeout_s: float = 10.0,
         recreate_after_s: float = 60.0,
-        connection_retry_s: int = 10,
         report_interval_s: float = 30.0,
     ) -> None:
         self.scorer = scorer
         self.output = output
         self.call_timeout_s = call_timeout_s
         self.report_interval_s = report_interval_s
-        self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s, connection_retry_s)
+        self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s)
         self.enabled = True
         self.desired_errors: dict[str, str] = {}
         self.queued: queue.Queue[tuple[str, bytes]] = queue.Queue(queue_size)

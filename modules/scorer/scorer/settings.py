@@ -207,7 +207,6 @@ class Settings:
     edge_queue_size: int = _setting(1000, _positive_int, "results waiting for edgeHub before drops")
     edge_call_timeout_s: float = _setting(10.0, _positive_float, "time limit of one SDK call")
     edge_recreate_after_s: float = _setting(60.0, _positive_float, "broken link: new client after")
-    edge_connection_retry_s: int = _setting(10, _positive_int, "SDK reconnect interval")
     edge_report_interval_s: float = _setting(30.0, _positive_float, "reported properties period")
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
