@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import random
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.edge.conftest import EdgeDevice
 from tests.edge.harness import wait_for
@@ -95,3 +101,69 @@ def test_alerts_arrive_and_summaries_account_for_every_result(device: EdgeDevice
         for label in ("alarm", "normal")
     }
     assert per_label == {"alarm": labels.count("alarm"), "normal": labels.count("normal")}
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own, so the test can fill it without filling the machine."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(volume: Path) -> Path:
+    """Write a ballast file until the volume refuses more; the file, to free it later."""
+    ballast = volume / "ballast"
+    with ballast.open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    return ballast
+
+
+def test_full_volume_withholds_acknowledgement_and_resumes_when_space_returns(
+    device: EdgeDevice, small_volume: Path
+) -> None:
+    device.hub.set_desired(
+        "relay",
+        {"alerts": [{"label": "alarm", "minProbability": 0.5}], "alertCooldownSeconds": 0},
+    )
+    settings = relay_settings(device, RELAY_SPOOL_PATH=str(small_volume / "relay.db"))
+    relay = device.module("relay", **settings)
+    device.wait_connected("relay")
+
+    def alerts_upstream() -> set[str]:
+        return {json.loads(m["payload"])["resultId"] for m in device.hub.upstream_of("alert")}
+
+    before = [f"before-{i}" for i in range(5)]
+    for rid in before:
+        device.hub.inject("relay", "results", result("alarm", 0.9, rid), rid)
+    wait_for(lambda: alerts_upstream() >= set(before), 30, f"alerts before\n{relay.log}")
+
+    ballast = fill(small_volume)
+    during = [f"during-{i}" for i in range(20)]
+    for rid in during:
+        device.hub.inject("relay", "results", result("alarm", 0.9, rid), rid)
+    time.sleep(5)  # full for a while: every input reaches the relay, which must stay up
+    assert relay.process is not None and relay.process.poll() is None, relay.log
+
+    ballast.unlink()
+    try:
+        wait_for(lambda: alerts_upstream() >= set(before + during), 90, "", interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"not every alert arrived after space returned\n{relay.log}") from None
+    status, stats = device.hub.call("relay", "getStats", {}, timeout=10)
+    assert status == 200 and stats["results"] == len(before) + len(during), stats

@@ -49,14 +49,19 @@ def mqtt_transport(client: IoTHubModuleClient) -> Any:
     return getattr(stage, "transport", None)
 
 
-def network_thread_dead(client: IoTHubModuleClient) -> bool:
-    """True when the SDK believes it is connected but paho's network thread has ended.
-    False when it cannot tell (another SDK version)."""
+def _network_thread_down(client: IoTHubModuleClient) -> bool:
+    """True when paho's network thread is not running (never started, ended, or cleaned up):
+    nothing the client waits for (a CONNACK, a PUBACK) can arrive. False when it cannot tell."""
     paho = getattr(mqtt_transport(client), "_mqtt_client", None)
-    if paho is None or not client.connected:
+    if paho is None:
         return False
     thread = getattr(paho, "_thread", None)
     return thread is None or not thread.is_alive()
+
+
+def network_thread_dead(client: IoTHubModuleClient) -> bool:
+    """True when the SDK believes it is connected but paho's network thread is not running."""
+    return bool(client.connected) and _network_thread_down(client)
 
 
 class _Call:
@@ -104,6 +109,8 @@ class EdgeLink:
         self.call_timeout_s = call_timeout_s
         self.recreate_after_s = recreate_after_s
         self._pending_connect: _Call | None = None
+        self._connecting: IoTHubModuleClient | None = None  # the client of the pending connect
+        self._connect_started = 0.0
         self._client: IoTHubModuleClient | None = None
         self._broken_since: float | None = None
         self._lock = threading.Lock()
@@ -124,13 +131,25 @@ class EdgeLink:
         """A new client: the previous one shut down first, handlers set, then connected."""
         self.close()
         if self._pending_connect is not None and not self._pending_connect.done():
-            self._count_failure()
-            raise ConnectionError("an earlier connect to edgeHub has not returned yet")
+            stuck = self._connecting
+            pending_for = time.monotonic() - self._connect_started
+            if (
+                stuck is None
+                or pending_for < self.call_timeout_s
+                or not _network_thread_down(stuck)
+            ):
+                self._count_failure()
+                raise ConnectionError("an earlier connect to edgeHub has not returned yet")
+            # Past its time limit with no network thread (it ended mid-connect, e.g. on an
+            # input that could not be stored): that connect can never return.
+            log.warning("an earlier connect lost its network thread; shutting that client down")
+            _Call(stuck.shutdown)
         abandoned = False
 
         def create_and_connect() -> None:
             client = IoTHubModuleClient.create_from_edge_environment(connection_retry=False)
             self.configure(client)
+            self._connecting = client
             client.connect()
             with self._lock:
                 if not abandoned:
@@ -139,6 +158,7 @@ class EdgeLink:
             log.warning("a connect finished after its time limit; shutting that client down")
             client.shutdown()
 
+        self._connect_started = time.monotonic()
         connect = self._pending_connect = _Call(create_and_connect)
         try:
             connect.result(self.call_timeout_s)

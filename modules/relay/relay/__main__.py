@@ -14,7 +14,7 @@ from .metrics import MetricsServer
 from .policy import MessageKind, Policy
 from .relay import Forwarder, Relay, iso
 from .settings import Settings, SettingsError
-from .spool import Counter, Spool
+from .spool import Counter, Spool, is_storage_full
 
 log = logging.getLogger("relay")
 MAX_ATTEMPTS = 3  # starts an input may fail at before it is quarantined
@@ -34,6 +34,7 @@ class RelayModule:
             self.relay.apply_desired(saved)
         self.accepting = threading.Event()
         self.stopping = threading.Event()
+        self.inbox_waiting = threading.Event()  # inputs kept but not handled: the volume was full
         self.link = HubLink(
             settings.input_name,
             settings.output_name,
@@ -61,6 +62,10 @@ class RelayModule:
         try:
             self.relay.handle(payload, message_id)
         except Exception as error:
+            if is_storage_full(error):  # it stays in the inbox; handled once there is room
+                log.warning("volume full: input %s waits in the inbox", message_id)
+                self.inbox_waiting.set()
+                return
             log.exception("input %s could not be handled; quarantined", message_id)
             reason = f"handling failed: {type(error).__name__}: {error}"
             self.spool.quarantine_input(message_id, payload, reason, iso(time.time()))
@@ -125,7 +130,13 @@ class RelayModule:
         quarantined after MAX_ATTEMPTS starts instead of crashing every start for ever."""
         pending = self.spool.unhandled()
         for message_id, payload in pending:
-            attempts = self.spool.attempt(message_id)
+            try:
+                attempts = self.spool.attempt(message_id)
+            except Exception as error:
+                if not is_storage_full(error):
+                    raise
+                self.inbox_waiting.set()  # a full volume: handled by the main loop later
+                return
             if attempts > MAX_ATTEMPTS:
                 self.spool.quarantine_input(
                     message_id, payload, f"handling failed {MAX_ATTEMPTS} times", iso(time.time())
@@ -135,6 +146,28 @@ class RelayModule:
             self.on_input_at_start(payload, message_id)
         if pending:
             log.info("handled %d inputs left from before the restart", len(pending))
+
+    def handle_waiting(self) -> None:
+        """Handle inputs kept while the volume was full, oldest first, once there is room.
+
+        One that a live handler takes at the same moment is counted as a duplicate, never
+        handled twice."""
+        self.inbox_waiting.clear()
+        for message_id, payload in self.spool.unhandled():
+            self.on_input(payload, message_id)
+            if self.inbox_waiting.is_set():
+                return  # still full; the next tick tries again
+
+    def tick(self) -> None:
+        """The main loop's periodic work; a full volume delays it, never ends the process."""
+        try:
+            if self.inbox_waiting.is_set():
+                self.handle_waiting()
+            self.relay.close_window()
+        except Exception as error:
+            if not is_storage_full(error):
+                raise
+            log.warning("volume full: summary and waiting inputs delayed")
 
     def on_input_at_start(self, payload: bytes, message_id: str) -> None:
         try:
@@ -171,7 +204,7 @@ class RelayModule:
             if self.forwarder.alive():  # the heartbeat stops if forwarding cannot be revived
                 self.settings.heartbeat_path.touch()
             self.link.check()  # a dead MQTT network thread: a new client now, not in a minute
-            self.relay.close_window()
+            self.tick()
             if time.monotonic() - last_report >= self.settings.report_interval_s:
                 self.report()
                 last_report = time.monotonic()

@@ -13,10 +13,22 @@ from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
 from edgelink import EdgeLink, mqtt_transport
 
 from .policy import Outgoing
+from .spool import StorageFull
 
 log = logging.getLogger(__name__)
 
 MethodHandler = Callable[[str, Any], tuple[int, Any]]
+
+
+class InputNotAcknowledged(BaseException):
+    """An input that could not be stored must not be acknowledged, or it would be lost.
+
+    MQTT 3.1.1 has no negative acknowledgement: the only way to keep edgeHub holding a QoS 1
+    message is to never send its PUBACK. The SDK and paho catch `Exception` around the
+    handler and then acknowledge, so this derives from `BaseException`: it ends paho's network
+    thread before the PUBACK, `EdgeLink.check` replaces the client within a second, and edgeHub
+    redelivers the message to the new one (the session is persistent) until it can be stored.
+    """
 
 
 def _install_durable_receipt(
@@ -41,7 +53,11 @@ def _install_durable_receipt(
             properties = urllib.parse.parse_qs(topic.rsplit("/", 1)[-1])
             message_id = properties.get("$.mid", [""])[0]
             if message_id:
-                keep(message_id, payload)
+                try:
+                    keep(message_id, payload)
+                except StorageFull as error:
+                    log.error("input %s not acknowledged, edgeHub keeps it: %s", message_id, error)
+                    raise InputNotAcknowledged(str(error)) from error
         original(topic, payload)
 
     transport.on_mqtt_message_received_handler = receive

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import policy as rules
 from .policy import Outgoing, Policy
-from .spool import Counter, Spool
+from .spool import Counter, Spool, is_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,12 @@ class Relay:
         with self._lock:
             self._policy, errors = rules.apply_desired(self._policy, desired)
             self._policy_errors = errors
-            self.spool.save_policy(self._policy.to_twin())
+            try:
+                self.spool.save_policy(self._policy.to_twin())
+            except Exception as error:
+                if not is_storage_full(error):
+                    raise
+                log.warning("volume full: the policy applies but is not saved yet")
         if errors:
             log.warning("desired properties rejected: %s", errors)
         log.info("policy now %s", self._policy.to_twin())

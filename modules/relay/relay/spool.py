@@ -75,6 +75,18 @@ class Counter(str, enum.Enum):
 SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
 
 
+class StorageFull(Exception):
+    """The spool's volume has no room left for a write; nothing was changed."""
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """True for SQLite's "database or disk is full" (SQLITE_FULL), whatever raised it."""
+    return (
+        isinstance(error, sqlite3.OperationalError)
+        and getattr(error, "sqlite_errorname", "") == "SQLITE_FULL"
+    )
+
+
 class Spool:
     """Thread-safe durable store; every public method is one transaction."""
 
@@ -207,11 +219,18 @@ class Spool:
     # --- one transaction each --------------------------------------------------------------
 
     def receive(self, message_id: str, payload: bytes) -> None:
-        """Keep a just-received input until it is handled (see iothub.py for why)."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO inbox(message_id, payload) VALUES (?, ?)", (message_id, payload)
-            )
+        """Keep a just-received input until it is handled (see iothub.py for why).
+
+        Raises `StorageFull` on a full volume: the caller must then not acknowledge it."""
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO inbox(message_id, payload) VALUES (?, ?)", (message_id, payload)
+                )
+        except sqlite3.OperationalError as error:
+            if is_storage_full(error):
+                raise StorageFull(str(error)) from error
+            raise
 
     def unhandled(self) -> list[tuple[str, bytes]]:
         """Inputs received before a crash but never handled, oldest first."""
