@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from relay.policy import AlertRule, MessageKind, Outgoing, Policy
 from relay.relay import Forwarder, Relay
-from relay.spool import Spool
+from relay.spool import MIN_SPOOL_BYTES, WAL_BYTES, Spool
 
 from tests.unit.test_policy import result
 
@@ -146,15 +146,29 @@ def test_the_forwarder_outlives_a_failing_spool_and_is_restarted_if_it_dies(
     assert forwarder.alive()  # stopped on purpose: not restarted
 
 
-def test_size_bound_drops_oldest_non_alerts_first(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "r.db", max_bytes=3000)
+def test_size_bound_counts_every_page_and_drops_oldest_non_alerts_first(tmp_path: Path) -> None:
+    bound = MIN_SPOOL_BYTES
+    spool = Spool(tmp_path / "r.db", max_bytes=bound)
     with spool.transaction() as db:
         spool.enqueue(db, Outgoing(MessageKind.ALERT, b"a" * 1000, "alert-1"))
-        for i in range(4):
-            spool.enqueue(db, Outgoing(MessageKind.RESULT, b"r" * 1000, f"result-{i}"))
-    kept = [m.message_id for _, m in spool.oldest()]
-    assert kept == ["alert-1", "result-2", "result-3"]
-    assert spool.counters()["dropped_result"] == 2
+    results = 0
+    while spool.counters().get("dropped_result", 0) == 0:
+        with spool.transaction() as db:
+            spool.enqueue(db, Outgoing(MessageKind.RESULT, b"r" * 1000, f"result-{results}"))
+            assert spool.pages_bytes(db) <= bound - WAL_BYTES
+        results += 1
+    kept = [m.message_id for _, m in spool.oldest(limit=100_000)]
+    assert kept[0] == "alert-1" and kept[-1] == f"result-{results - 1}"
+    assert "result-0" not in kept
+
+    # Pages of other tables count too: remembered ids leave less room for messages.
+    with spool.transaction() as db:
+        for i in range(20_000):
+            Spool.mark_seen(db, f"seen-{i:06d}-" + "x" * 40)
+        spool.enqueue(db, Outgoing(MessageKind.RESULT, b"r" * 1000, "after-seen"))
+        assert spool.pages_bytes(db) <= bound - WAL_BYTES
+    assert spool.depth()[0] < len(kept) - 100
+    assert Path(str(tmp_path / "r.db")).stat().st_size <= bound
 
 
 def test_received_inputs_wait_in_the_inbox_until_handled(spool: Spool) -> None:

@@ -19,13 +19,19 @@ def test_defaults_keep_the_spool_on_the_module_volume() -> None:
 
 
 def test_values_are_parsed_by_their_type() -> None:
-    settings = Settings.from_env({"RELAY_SPOOL_MAX_BYTES": "1000", "RELAY_SEND_TIMEOUT_S": "2.5"})
-    assert settings.spool_max_bytes == 1000 and settings.send_timeout_s == 2.5
+    environ = {"RELAY_SPOOL_MAX_BYTES": "9000000", "RELAY_SEND_TIMEOUT_S": "2.5"}
+    settings = Settings.from_env(environ)
+    assert settings.spool_max_bytes == 9_000_000 and settings.send_timeout_s == 2.5
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("RELAY_SPOOL_MAX_BYTES", "lots"), ("RELAY_SEND_TIMEOUT_S", "0"), ("RELAY_LOG_LEVEL", "LOUD")],
+    [
+        ("RELAY_SPOOL_MAX_BYTES", "lots"),
+        ("RELAY_SPOOL_MAX_BYTES", "1000"),  # below the write-ahead log's own room
+        ("RELAY_SEND_TIMEOUT_S", "0"),
+        ("RELAY_LOG_LEVEL", "LOUD"),
+    ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):

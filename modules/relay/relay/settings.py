@@ -8,6 +8,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
+from .spool import MIN_SPOOL_BYTES
+
 PREFIX = "RELAY_"
 
 
@@ -64,6 +66,8 @@ class Settings:
                 except ValueError as error:
                     raise SettingsError(f"{variable}={environ[variable]!r}: {error}") from None
         settings = cls(**values)
+        if settings.spool_max_bytes < MIN_SPOOL_BYTES:
+            raise SettingsError(f"RELAY_SPOOL_MAX_BYTES: at least {MIN_SPOOL_BYTES} (8 MiB)")
         if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("RELAY_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR")
         return settings

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 DEAD_LETTERS_KEPT = 1000  # the newest; the count of all is the `rejected` counter
+WAL_BYTES = 4 * 1024 * 1024  # the write-ahead log is checkpointed and cut back to this
+MIN_SPOOL_BYTES = 2 * WAL_BYTES  # room for the log, the tables' own pages and some messages
 EXCERPT_BYTES = 512
 
 
@@ -98,6 +100,9 @@ class Spool:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // page_size}")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
         if "attempts" not in columns:  # a spool written by an earlier version
@@ -179,23 +184,34 @@ class Spool:
     def set_alert_state(db: sqlite3.Connection, label: str, last: float, suppressed: int) -> None:
         db.execute("INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", (label, last, suppressed))
 
+    @staticmethod
+    def pages_bytes(db: sqlite3.Connection) -> int:
+        """Bytes of the database's pages in use, every table and index included."""
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
     def enqueue(self, db: sqlite3.Connection, message: Outgoing, now: float = 0.0) -> None:
-        """Spool a message, then enforce the size bound: oldest non-alerts go first."""
+        """Spool a message, then enforce the bound: oldest non-alerts go first, counted.
+
+        The bound is on everything the spool keeps on disk: the pages of every table (inbox,
+        seen ids, dead letters, window) plus the write-ahead log's limit. Freed pages are
+        reused, so the file stops growing there. Alerts go only when nothing else is left."""
         db.execute(
             "INSERT OR IGNORE INTO outbox(kind, label, message_id, body, created) "
             "VALUES (?, ?, ?, ?, ?)",
             (message.kind.value, message.label, message.message_id, message.body, now),
         )
-        size = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox").fetchone()[0]
-        while size > self.max_bytes:
+        while self.pages_bytes(db) > self.max_bytes - WAL_BYTES:
             victim = db.execute(
-                "SELECT seq, LENGTH(body), kind FROM outbox ORDER BY kind = 'alert', seq LIMIT 1"
+                "SELECT seq, kind FROM outbox ORDER BY kind = ?, seq LIMIT 1",
+                (MessageKind.ALERT.value,),
             ).fetchone()
             if victim is None:
                 break
             db.execute("DELETE FROM outbox WHERE seq=?", (victim[0],))
-            self.add_counter(db, Counter.dropped(MessageKind(victim[2])))
-            size -= victim[1]
+            self.add_counter(db, Counter.dropped(MessageKind(victim[1])))
 
     @staticmethod
     def forget_received(db: sqlite3.Connection, message_id: str) -> None:
