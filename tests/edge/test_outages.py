@@ -134,7 +134,7 @@ def fill(volume: Path) -> Path:
     return ballast
 
 
-def test_full_volume_withholds_acknowledgement_and_resumes_when_space_returns(
+def test_full_volume_withholds_acknowledgement_starts_and_resumes_when_space_returns(
     device: EdgeDevice, small_volume: Path
 ) -> None:
     device.hub.set_desired(
@@ -158,6 +158,12 @@ def test_full_volume_withholds_acknowledgement_and_resumes_when_space_returns(
     for rid in during:
         device.hub.inject("relay", "results", result("alarm", 0.9, rid), rid)
     time.sleep(5)  # full for a while: every input reaches the relay, which must stay up
+    assert relay.process is not None and relay.process.poll() is None, relay.log
+
+    relay.kill()  # and a start-up on the full volume works
+    relay = device.module("relay", **settings)
+    # (each connect ends as edgeHub redelivers what cannot be stored: it stays up, retrying)
+    time.sleep(5)
     assert relay.process is not None and relay.process.poll() is None, relay.log
 
     ballast.unlink()

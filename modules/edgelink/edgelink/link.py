@@ -133,17 +133,16 @@ class EdgeLink:
         if self._pending_connect is not None and not self._pending_connect.done():
             stuck = self._connecting
             pending_for = time.monotonic() - self._connect_started
-            if (
-                stuck is None
-                or pending_for < self.call_timeout_s
-                or not _network_thread_down(stuck)
-            ):
+            lost = stuck is not None and _network_thread_down(stuck)
+            if pending_for < (self.call_timeout_s if lost else self.recreate_after_s):
                 self._count_failure()
                 raise ConnectionError("an earlier connect to edgeHub has not returned yet")
             # Past its time limit with no network thread (it ended mid-connect, e.g. on an
-            # input that could not be stored): that connect can never return.
-            log.warning("an earlier connect lost its network thread; shutting that client down")
-            _Call(stuck.shutdown)
+            # input that could not be stored), or hung past `recreate_after_s`: give up on it.
+            # Should it still finish, it shuts its own client down (`abandoned`).
+            log.warning("an earlier connect never returned; shutting that client down")
+            if stuck is not None:
+                _Call(stuck.shutdown)
         abandoned = False
 
         def create_and_connect() -> None:

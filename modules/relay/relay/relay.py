@@ -51,9 +51,14 @@ class Relay:
         self._minute = -1
         self._sent_this_minute = 0
         self.wakeup: Callable[[], None] = lambda: None
-        with spool.transaction() as db:
-            if spool.counter(db, Counter.WINDOW_START, -1) < 0:
-                spool.set_counter(db, Counter.WINDOW_START, clock())
+        try:
+            with spool.transaction() as db:
+                if spool.counter(db, Counter.WINDOW_START, -1) < 0:
+                    spool.set_counter(db, Counter.WINDOW_START, clock())
+        except Exception as error:
+            if not is_storage_full(error):
+                raise
+            log.warning("volume full: the summary window starts once there is room")
 
     @property
     def policy(self) -> Policy:

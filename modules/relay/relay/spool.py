@@ -98,6 +98,9 @@ class Spool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # One process owns the spool: exclusive locking keeps WAL's index in memory, so no
+        # `-shm` file has to be created, and a full volume does not prevent start-up.
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
@@ -118,10 +121,11 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (a full volume) leaves it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     # --- used inside a transaction -------------------------------------------------------
 
