@@ -14,7 +14,7 @@ from .metrics import MetricsServer
 from .policy import MessageKind, Policy
 from .relay import Forwarder, Relay, iso
 from .settings import Settings, SettingsError
-from .spool import Counter, Spool, is_storage_full
+from .spool import Counter, Spool, is_storage_full, waits_for_room
 
 log = logging.getLogger("relay")
 MAX_ATTEMPTS = 3  # starts an input may fail at before it is quarantined
@@ -160,14 +160,10 @@ class RelayModule:
 
     def tick(self) -> None:
         """The main loop's periodic work; a full volume delays it, never ends the process."""
-        try:
+        with waits_for_room("summary and waiting inputs delayed"):
             if self.inbox_waiting.is_set():
                 self.handle_waiting()
             self.relay.close_window()
-        except Exception as error:
-            if not is_storage_full(error):
-                raise
-            log.warning("volume full: summary and waiting inputs delayed")
 
     def on_input_at_start(self, payload: bytes, message_id: str) -> None:
         try:

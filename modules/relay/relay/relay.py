@@ -18,7 +18,7 @@ from typing import Any
 
 from . import policy as rules
 from .policy import Outgoing, Policy
-from .spool import Counter, Spool, is_storage_full
+from .spool import Counter, Spool, waits_for_room
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,12 @@ class Relay:
         self._minute = -1
         self._sent_this_minute = 0
         self.wakeup: Callable[[], None] = lambda: None
-        try:
-            with spool.transaction() as db:
-                if spool.counter(db, Counter.WINDOW_START, -1) < 0:
-                    spool.set_counter(db, Counter.WINDOW_START, clock())
-        except Exception as error:
-            if not is_storage_full(error):
-                raise
-            log.warning("volume full: the summary window starts once there is room")
+        with (
+            waits_for_room("the summary window starts once there is room"),
+            spool.transaction() as db,
+        ):
+            if spool.counter(db, Counter.WINDOW_START, -1) < 0:
+                spool.set_counter(db, Counter.WINDOW_START, clock())
 
     @property
     def policy(self) -> Policy:
@@ -73,12 +71,8 @@ class Relay:
         with self._lock:
             self._policy, errors = rules.apply_desired(self._policy, desired)
             self._policy_errors = errors
-            try:
+            with waits_for_room("the policy applies but is not saved yet"):
                 self.spool.save_policy(self._policy.to_twin())
-            except Exception as error:
-                if not is_storage_full(error):
-                    raise
-                log.warning("volume full: the policy applies but is not saved yet")
         if errors:
             log.warning("desired properties rejected: %s", errors)
         log.info("policy now %s", self._policy.to_twin())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL, excerpt BLOB NOT NULL
 );
 """
+log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT = 1000  # the newest; the count of all is the `rejected` counter
 WAL_BYTES = 4 * 1024 * 1024  # the write-ahead log is checkpointed and cut back to this
 MIN_SPOOL_BYTES = 2 * WAL_BYTES  # room for the log, the tables' own pages and some messages
@@ -89,6 +91,17 @@ def is_storage_full(error: BaseException) -> bool:
     )
 
 
+@contextmanager
+def waits_for_room(what: str) -> Iterator[None]:
+    """Run a write that can wait: on a full volume, log that `what` waits and carry on."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if not is_storage_full(error):
+            raise
+        log.warning("volume full: %s", what)
+
+
 class Spool:
     """Thread-safe durable store; every public method is one transaction."""
 
@@ -103,8 +116,8 @@ class Spool:
         self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // page_size}")
+        self._page_size: int = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // self._page_size}")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
@@ -188,13 +201,11 @@ class Spool:
     def set_alert_state(db: sqlite3.Connection, label: str, last: float, suppressed: int) -> None:
         db.execute("INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", (label, last, suppressed))
 
-    @staticmethod
-    def pages_bytes(db: sqlite3.Connection) -> int:
+    def pages_bytes(self, db: sqlite3.Connection) -> int:
         """Bytes of the database's pages in use, every table and index included."""
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
+        return int((pages - free) * self._page_size)
 
     def enqueue(self, db: sqlite3.Connection, message: Outgoing, now: float = 0.0) -> None:
         """Spool a message, then enforce the bound: oldest non-alerts go first, counted.
