@@ -10,6 +10,10 @@ and the tests need nothing from outside the repository:
 - `squares`: newer compact detection export (`image_tensor` [1,3,320,320] ->
   `detected_boxes`, `detected_scores`, `detected_classes`): the bounding box of the saturated
   red, green and blue pixels; the score is how solidly the box is filled.
+- `squares-yolo`: older YOLOv2-head detection export (`data` declared [1,3,416,416] ->
+  `model_outputs0` [1,40,H/32,W/32], metadata ByPixelCountAlign32 at 512x512): fully
+  convolutional like the real ones; each 32-pixel cell proposes a 160-pixel box around its
+  centre, as sure as that box is filled with one saturated colour, of that colour.
 
 Usage: make_demo_models.py [OUTPUT_DIR]   (default: .demo)
 """
@@ -181,6 +185,102 @@ def detection_model() -> onnx.ModelProto:
     return _finish(graph, _stretch_rgb_metadata(size, "NominalRange_0_255"))
 
 
+YOLO_ANCHORS = ((0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434),
+                (7.88282, 3.52778), (9.77052, 9.16828))  # fmt: skip
+YOLO_BOX_CELLS = 5  # the box each cell proposes, in cells: 160 pixels
+
+
+def _yolo_head_weights() -> tuple[np.ndarray, np.ndarray]:
+    """The 1x1 convolution from per-cell colour fractions to the YOLO grid's channels.
+
+    Anchor 0 does the work: tx = ty = 0 (the cell's centre), tw/th give a 5-cell box,
+    objectness logit 30 x (filled fraction - 0.7), class logits 10 x each colour's fraction.
+    The other anchors stay silent (objectness logit -20)."""
+    depth = 5 + len(LABELS)
+    weights = np.zeros((len(YOLO_ANCHORS) * depth, len(LABELS), 1, 1), np.float32)
+    bias = np.zeros(len(YOLO_ANCHORS) * depth, np.float32)
+    for anchor, (anchor_w, anchor_h) in enumerate(YOLO_ANCHORS):
+        base = anchor * depth
+        bias[base + 2] = np.log(YOLO_BOX_CELLS / anchor_w)
+        bias[base + 3] = np.log(YOLO_BOX_CELLS / anchor_h)
+        bias[base + 4] = -20.0
+    weights[4, :, 0, 0] = 30.0
+    bias[4] = -21.0
+    for colour in range(len(LABELS)):
+        weights[5 + colour, colour, 0, 0] = 10.0
+    return weights, bias
+
+
+def yolo_model() -> onnx.ModelProto:
+    """Saturated-colour boxes as a YOLOv2-head export (RGB, 0..1)."""
+    nodes = [helper.make_node("Split", ["data", "split3"], ["ch0", "ch1", "ch2"], axis=1)]
+    masks = []
+    for channel, label in enumerate(LABELS):
+        p = f"{label}_"
+        others = [c for c in range(3) if c != channel]
+        nodes += [
+            helper.make_node("Greater", [f"ch{channel}", "saturated"], [p + "hi"]),
+            helper.make_node("Less", [f"ch{others[0]}", "dark"], [p + "lo0"]),
+            helper.make_node("Less", [f"ch{others[1]}", "dark"], [p + "lo1"]),
+            helper.make_node("And", [p + "hi", p + "lo0"], [p + "and"]),
+            helper.make_node("And", [p + "and", p + "lo1"], [p + "mask_b"]),
+            helper.make_node("Cast", [p + "mask_b"], [p + "mask"], to=TensorProto.FLOAT),
+        ]
+        masks.append(p + "mask")
+    half = YOLO_BOX_CELLS // 2
+    nodes += [
+        helper.make_node("Concat", masks, ["masks"], axis=1),
+        helper.make_node(
+            "AveragePool", ["masks"], ["cells"], kernel_shape=[32, 32], strides=[32, 32]
+        ),
+        helper.make_node(
+            "AveragePool",
+            ["cells"],
+            ["windows"],
+            kernel_shape=[YOLO_BOX_CELLS, YOLO_BOX_CELLS],
+            pads=[half] * 4,
+            count_include_pad=1,
+        ),
+        helper.make_node("Conv", ["windows", "head_w", "head_b"], ["model_outputs0"]),
+    ]
+    weights, bias = _yolo_head_weights()
+    inits = [
+        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "split3"),
+        numpy_helper.from_array(np.array(SATURATED / 255, np.float32), "saturated"),
+        numpy_helper.from_array(np.array(DARK / 255, np.float32), "dark"),
+        numpy_helper.from_array(weights, "head_w"),
+        numpy_helper.from_array(bias, "head_b"),
+    ]
+    size, channels = 416, len(weights)
+    graph = helper.make_graph(
+        nodes,
+        "saturated_squares_yolo",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, size, size])],
+        [
+            helper.make_tensor_value_info(
+                "model_outputs0", TensorProto.FLOAT, [1, channels, size // 32, size // 32]
+            )
+        ],
+        inits,
+    )
+    biases = [v for pair in YOLO_ANCHORS for v in pair]
+    return _finish(
+        graph,
+        {
+            "CustomVision.Metadata.Version": "1.2",
+            "CustomVision.Postprocess.Method": "Yolo",
+            "CustomVision.Postprocess.Yolo.Biases": json.dumps(biases),
+            "CustomVision.Postprocess.Yolo.NmsThreshold": "0.45",
+            "CustomVision.Preprocess.ResizeMethod": "ByPixelCountAlign32",
+            "CustomVision.Preprocess.TargetWidth": "512",
+            "CustomVision.Preprocess.TargetHeight": "512",
+            "CustomVision.Preprocess.CropMethod": "NoCrop",
+            "Image.BitmapPixelFormat": "Rgb8",
+            "Image.NominalPixelRange": "Normalized_0_1",
+        },
+    )
+
+
 def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Topological order (the node lists above are written for reading, not execution)."""
     produced = {o for n in nodes for o in n.output}
@@ -251,6 +351,7 @@ def main(argv: list[str]) -> int:
         out / "models" / "colors-fp16", classification_model(True), "Classification", "OnnxFloat16"
     )
     _write_model(out / "models" / "squares", detection_model(), "ObjectDetection", "ONNX")
+    _write_model(out / "models" / "squares-yolo", yolo_model(), "ObjectDetection", "ONNX")
     write_images(out / "images")
     print(f"demo models and images written to {out}")
     return 0

@@ -252,3 +252,27 @@ def test_a_broker_restart_in_a_burst_of_alerts_loses_none_and_needs_no_slow_recr
         f"all 300 alerts upstream\n{relay.log}",
     )
     assert "the link has failed for" not in relay.log
+
+
+def test_results_go_upstream_in_one_batch_and_rejected_inputs_as_notices(
+    device: EdgeDevice,
+) -> None:
+    device.hub.set_desired(
+        "relay",
+        {"maxMessagesPerMinute": 100, "resultBatchSeconds": 2, "sendRejected": True},
+    )
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    for i in range(10):
+        device.hub.inject("relay", "results", result("cat", 0.9, rid=f"r{i}"), f"m{i}")
+    device.hub.inject("relay", "results", b'{"predictions": {"cat": 1}}', "m-bad")
+    (batch,) = wait_for(lambda: device.hub.upstream_of("results"), 20, "the batch")
+    body = json.loads(batch["payload"])
+    assert body["count"] == 10 and [r["resultId"] for r in body["results"]] == [
+        f"r{i}" for i in range(10)
+    ]
+    (notice,) = wait_for(lambda: device.hub.upstream_of("rejected"), 20, "the notice")
+    assert json.loads(notice["payload"])["messageId"] == "m-bad"
+    stats = device.hub.call("relay", "getStats", {})[1]
+    assert stats["sent"] == 11 and stats["upstreamMessages"] == 2 and stats["rejected"] == 1
+    assert device.hub.upstream_of("result") == []

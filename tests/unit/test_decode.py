@@ -112,11 +112,9 @@ def test_yolo_box_from_one_cell_matches_hand_computation() -> None:
     p_b = 1 / (math.exp(2) + 1) * objectness
     left, top = max(x - w / 2, 0.0), max(y - h / 2, 0.0)
     right, bottom = min(x + w / 2, 1.0), min(y + h / 2, 1.0)
-    # Both classes of the one box survive: per-class NMS only zeroes the picked class.
-    assert [(p.tag_name, round(p.probability, 5)) for p in predictions] == [
-        ("a", round(p_a, 5)),
-        ("b", round(p_b, 5)),
-    ]
+    assert p_b > 0.1  # class b of the same box is above the threshold too, but one box
+    # takes part, so NMS stops after one pick (the script's `min(max_detections, boxes)`).
+    assert [(p.tag_name, round(p.probability, 5)) for p in predictions] == [("a", round(p_a, 5))]
     box = predictions[0].box
     assert (box.left, box.top, box.width, box.height) == pytest.approx(
         (left, top, right - left, bottom - top), abs=1e-5
@@ -160,6 +158,21 @@ def test_yolo_global_nms_suppresses_overlap_across_classes() -> None:
     options = dataclasses.replace(SAME_ANCHORS, nms_per_class=False)
     predictions = decode.yolo(_two_overlapping_boxes((0, 1)), ("a", "b"), options)
     assert [p.tag_name for p in predictions] == ["a"]
+
+
+def test_nms_stops_after_as_many_picks_as_boxes_above_the_threshold() -> None:
+    """Two boxes above 0.10, one of them with two classes above it: two predictions, not
+    three (per-class NMS would give the first box back under its second class)."""
+    grid = _grid(4, 4, 2)
+    grid[0, 0, 0, :5] = [0.0, 0.0, 0.0, 0.0, 5.0]
+    grid[0, 0, 0, 5:] = [1.0, 0.5]  # a and b both well above 0.10
+    grid[3, 3, 0, :5] = [0.0, 0.0, 0.0, 0.0, 5.0]
+    grid[3, 3, 0, 5:] = [0.0, 3.0]  # a far-away box, mostly b
+    predictions = decode.yolo(_as_output(grid), ("a", "b"), YoloOptions())
+    assert len(predictions) == 2
+    assert [p.tag_name for p in predictions] == ["b", "a"]
+    limited = decode.yolo(_as_output(grid), ("a", "b"), YoloOptions(max_detections=1))
+    assert [p.tag_name for p in limited] == ["b"]
 
 
 def test_yolo_threshold_and_max_detections() -> None:

@@ -121,6 +121,39 @@ def test_by_shorter_side_then_centre_crop() -> None:
     assert tensor[0, 0, 112, 112] == pytest.approx(255)  # the centre stays the centre
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((3000, 2000), (640, 416)),  # 3:2: 13 rows, where rounding up gave 14
+        ((2000, 3000), (416, 640)),
+        ((1000, 1000), (512, 512)),
+        ((1920, 1080), (672, 384)),  # 16:9
+        ((640, 480), (576, 448)),
+        ((7, 3), (768, 320)),  # tiny: scaled up
+        ((10, 10), (512, 512)),
+        ((20000, 15000), (576, 448)),  # huge
+        ((4000, 100), (3232, 64)),  # 80 / 32 = 2.5 rounds to even: 2 (not 3)
+        ((10000, 10), (16192, 32)),  # a side the script would make 0 is 32
+    ],
+)
+def test_by_pixel_count_align32_is_the_export_scripts_arithmetic(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    """Expected sides worked out from the script shipped in YOLO exports: truncate
+    `side * sqrt(512*512 / (w*h))`, then `32 * round(side / 32)`."""
+    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    assert imaging.resized_size(*size, prep) == expected
+
+
+def test_by_pixel_count_align32_resamples_as_pillow_does_by_default() -> None:
+    """The export's script calls `resize` without a filter: Pillow's default for RGB."""
+    image = Image.effect_noise((300, 200), 60).convert("RGB")
+    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    size = imaging.resized_size(300, 200, prep)
+    expected = np.asarray(image.resize(size), np.float32).transpose(2, 0, 1)[None]
+    assert np.array_equal(imaging.to_tensor(image, prep), expected)
+
+
 def test_by_pixel_count_align32_keeps_aspect_and_area() -> None:
     prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
     width, height = imaging.resized_size(1920, 1080, prep)

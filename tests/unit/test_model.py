@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scorer.core import Scorer
-from scorer.model import ModelError, ModelKind, ModelOptions, inspect_export
+from scorer.model import ModelError, ModelKind, ModelOptions, YoloResize, inspect_export
 
 
 def _save(folder: Path, model: onnx.ModelProto, labels: list[str]) -> Path:
@@ -105,6 +105,7 @@ def yolo_model(labels: list[str], size: int = 64, anchors: int = 5) -> onnx.Mode
         ("colors", ModelKind.CLASSIFICATION_TENSOR, np.float32, (224, 224)),
         ("colors-fp16", ModelKind.CLASSIFICATION_TENSOR, np.float16, (224, 224)),
         ("squares", ModelKind.DETECTION_BOXES, np.float32, (320, 320)),
+        ("squares-yolo", ModelKind.DETECTION_YOLO, np.float32, (512, 512)),
     ],
 )
 def test_demo_model_kinds(
@@ -215,19 +216,54 @@ def test_unknown_signature(tmp_path: Path) -> None:
 
 
 def test_dynamic_input_needs_a_target_size(tmp_path: Path) -> None:
-    model = yolo_model(["x"])
+    model = onnx.load(str(_save(tmp_path / "z", zipmap_model(["a"]), ["a"]) / "model.onnx"))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     with pytest.raises(ModelError, match="TargetWidth"):
-        inspect_export(_save(tmp_path / "m", model, ["x"]))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "CustomVision.Preprocess.ResizeMethod", "ByPixelCountAlign32"
-    for key in ("TargetWidth", "TargetHeight"):
+        inspect_export(_save(tmp_path / "m", model, ["a"]))
+    for key, value in (("ResizeMethod", "Stretch"), ("TargetWidth", "48"), ("TargetHeight", "40")):
         entry = model.metadata_props.add()
-        entry.key, entry.value = f"CustomVision.Preprocess.{key}", "512"
-    spec = inspect_export(_save(tmp_path / "m2", model, ["x"]))
+        entry.key, entry.value = f"CustomVision.Preprocess.{key}", value
+    spec = inspect_export(_save(tmp_path / "m2", model, ["a"]))
+    assert spec.preprocessing.target_size == (48, 40)
+
+
+def test_a_yolo_export_is_sized_as_its_script_does_on_a_graph_with_free_height_and_width(
+    tmp_path: Path,
+) -> None:
+    """No resize metadata and a declared 64x64 input: ByPixelCountAlign32 at 512x512, served
+    from a cached copy of the graph whose input height and width are symbolic."""
+    folder = _save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"])
+    spec = inspect_export(folder, cache_dir=tmp_path / "cache")
     assert spec.preprocessing.resize_method == "ByPixelCountAlign32"
     assert spec.preprocessing.target_size == (512, 512)
+    assert spec.input_shape == (1, 3, "height", "width")
+    assert spec.onnx_path.parent == tmp_path / "cache"
+    freed = onnx.load(str(spec.onnx_path))
+    assert [d.dim_param for d in freed.graph.input[0].type.tensor_type.shape.dim[2:]] == [
+        "height",
+        "width",
+    ]
+    again = inspect_export(folder, cache_dir=tmp_path / "cache")  # the copy is reused
+    assert again.onnx_path == spec.onnx_path
+    stretched = inspect_export(folder, ModelOptions(yolo_resize=YoloResize.STRETCH))
+    assert stretched.preprocessing.resize_method == "Stretch"
+    assert stretched.preprocessing.target_size == (64, 64)
+    assert stretched.onnx_path == folder / "model.onnx" and stretched.input_shape[2:] == (64, 64)
+
+
+def test_a_yolo_export_runs_a_3_by_2_photo_at_the_scripts_size(tmp_path: Path) -> None:
+    from PIL import Image
+    from scorer import imaging
+    from scorer.session import open_session
+
+    folder = _save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"])
+    spec = inspect_export(folder, cache_dir=tmp_path / "cache")
+    photo = Image.effect_noise((3000, 2000), 80).convert("RGB")
+    tensor = imaging.to_tensor(photo, spec.preprocessing)
+    assert tensor.shape == (1, 3, 416, 640)  # 13 rows of cells, as the script's (not 14)
+    (grid,) = open_session(spec, ["CPUExecutionProvider"]).run(tensor)
+    assert grid.shape == (1, 5 * (5 + 2), 13, 20)
 
 
 def test_sidecar_metadata_and_manifest_file_names(demo_dir: Path, tmp_path: Path) -> None:

@@ -163,10 +163,14 @@ def test_desired_properties_apply_and_echo() -> None:
         "maxMessagesPerMinute": 5,
         "alertCooldownSeconds": 60,
         "maxMessageAgeSeconds": 3600,
+        "resultBatchSeconds": 10,
+        "sendRejected": True,
     }
     policy, errors = rules.apply_desired(Policy(), desired)
     assert errors == {}
-    assert policy == Policy(0.7, ("defect",), (AlertRule("fire", 0.2),), 30.0, 5, 60.0, 3600.0)
+    assert policy == Policy(
+        0.7, ("defect",), (AlertRule("fire", 0.2),), 30.0, 5, 60.0, 3600.0, 10.0, True
+    )
     assert policy.to_twin() == {k: v for k, v in desired.items() if k != "$version"}
 
 
@@ -187,6 +191,9 @@ def test_an_alert_rule_without_a_minimum_takes_the_policy_minimum() -> None:
         ("alerts", [{"minProbability": 0.5}]),
         ("summaryWindowSeconds", 0),
         ("maxMessagesPerMinute", 2.5),
+        ("resultBatchSeconds", 3601),
+        ("resultBatchSeconds", -1),
+        ("sendRejected", 1),
         ("colour", "blue"),
     ],
 )
@@ -200,3 +207,27 @@ def test_a_wrong_desired_value_is_rejected_and_the_rest_applied(key: str, value:
     if key != "maxMessagesPerMinute":
         assert policy.max_messages_per_minute == 9
     assert policy.min_probability == 0.4
+
+
+def test_a_batch_of_results_is_one_strict_json_message_holding_each_result() -> None:
+    singles = [
+        rules.result_message(result(("dog", 0.9), rid=f"r{i}"), [rules.Detection("dog", 0.9)])
+        for i in range(3)
+    ]
+    batch = rules.results_message([m.body for m in singles], "first+3")
+    body = json.loads(batch.body)
+    assert body["type"] == "results" and body["count"] == 3
+    assert [r["resultId"] for r in body["results"]] == ["r0", "r1", "r2"]
+    assert batch.properties == {"type": "results"} and batch.message_id == "first+3"
+    overhead = len(batch.body) - sum(len(m.body) for m in singles)
+    assert overhead <= rules.RESULTS_OVERHEAD + len(singles)
+
+
+def test_a_rejected_notice_is_small_and_keeps_only_an_excerpt() -> None:
+    payload = b'{"predictions": "' + b"x" * 100_000 + b'\xff"}'
+    notice = rules.rejected_message("m1", "predictions is not a list", payload, "t")
+    body = json.loads(notice.body)
+    assert body["type"] == "rejected" and body["messageId"] == "m1"
+    assert body["reason"] == "predictions is not a list"
+    assert len(body["excerpt"]) == rules.REJECTED_EXCERPT_CHARS
+    assert len(notice.body) < 2048 and notice.properties == {"type": "rejected"}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from relay.policy import AlertRule, MessageKind, Outgoing, Policy
+from relay.policy import MAX_MESSAGE_BYTES, AlertRule, MessageKind, Outgoing, Policy
 from relay.relay import Forwarder, Relay
-from relay.spool import MIN_SPOOL_BYTES, WAL_BYTES, Spool
+from relay.spool import MIN_SPOOL_BYTES, WAL_BYTES, Spool, StorageFull
 
 from tests.unit.test_policy import result
 
@@ -232,3 +233,124 @@ def test_alerts_go_ahead_of_a_backlog_and_stale_results_expire(spool: Spool) -> 
     left = spool.oldest(10, max_age_s=3600, now=later)
     assert [m.kind.value for _, m in left] == ["alert"]
     assert spool.counters()["expired_results"] == 5
+
+
+def test_at_the_bound_alerts_are_never_dropped_the_write_is_refused(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "r.db", max_bytes=MIN_SPOOL_BYTES)
+    relay = Relay(spool, Policy(0.0, alerts=(AlertRule("fire", 0.5),)))
+    spooled = 0
+    with pytest.raises(StorageFull):
+        while True:  # alerts only: nothing may be dropped to make room
+            relay.handle(json.dumps(result(("fire", 0.9), rid=f"a{spooled}")).encode())
+            spooled += 1
+    assert spooled > 100 and spool.depth()[0] == spooled
+    assert spool.counters().get("dropped_alert", 0) == 0
+    with pytest.raises(StorageFull):  # an input is refused too: edgeHub keeps it
+        spool.receive("m-late", b"{}" * 10_000)
+    assert spool.unhandled() == []
+    # Once alerts leave, there is room again.
+    spool.acknowledge([seq for seq, _ in spool.oldest(limit=50)])
+    spool.receive("m-late", b"{}")
+    assert relay.handle(json.dumps(result(("fire", 0.9), rid="after")).encode()) == "accepted"
+
+
+def test_the_inbox_counts_toward_the_bound_and_makes_room_by_dropping_results(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "r.db", max_bytes=MIN_SPOOL_BYTES)
+    with spool.transaction() as db:
+        for i in range(5000):
+            spool.enqueue(db, Outgoing(MessageKind.RESULT, b"r" * 1000, f"r{i}"))
+    before = spool.depth()[0]
+    for i in range(100):
+        spool.receive(f"m{i}", b"x" * 1000)
+    assert len(spool.unhandled()) == 100 and spool.depth()[0] < before
+    assert spool.depth()[0] == 5000 - spool.counters()["dropped_result"]  # each drop counted
+
+
+def test_results_go_up_in_batches_alerts_at_once_and_a_flush_sends_what_is_held(
+    spool: Spool,
+) -> None:
+    policy = Policy(
+        0.0, alerts=(AlertRule("fire", 0.5),), max_messages_per_minute=1000, result_batch_s=3600
+    )
+    relay = Relay(spool, policy)
+    sent: list[Outgoing] = []
+    forwarder = Forwarder(spool, sent.append, policy=lambda: relay.policy)
+    relay.wakeup = forwarder.wake
+    forwarder.start()
+    for i in range(20):
+        relay.handle(json.dumps(result(("cat", 0.3), rid=f"r{i}")).encode())
+    relay.handle(json.dumps(result(("fire", 0.9), rid="alarm")).encode())
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert [m.kind for m in sent] == [MessageKind.ALERT]  # the results wait for their batch
+    assert spool.depth()[0] == 20 and forwarder.stalled_s() < 2
+    assert forwarder.drain(5)
+    forwarder.stop()
+    assert [m.kind for m in sent] == [MessageKind.ALERT, MessageKind.RESULTS]
+    batch = json.loads(sent[1].body)
+    assert [r["resultId"] for r in batch["results"]] == [f"r{i}" for i in range(20)]
+    counters = spool.counters()
+    assert counters["sent"] == 21 and counters["upstream_messages"] == 2
+
+
+def test_a_batch_is_sent_once_its_oldest_result_waited_and_never_exceeds_the_hub_limit(
+    spool: Spool,
+) -> None:
+    big = b'{"type":"result","pad":"' + b"x" * 100_000 + b'"}'
+    with spool.transaction() as db:
+        for i in range(5):
+            spool.enqueue(db, Outgoing(MessageKind.RESULT, big, f"big{i}"), now=time.time())
+    sent: list[Outgoing] = []
+    forwarder = Forwarder(spool, sent.append, policy=lambda: Policy(result_batch_s=0.3))
+    forwarder.start()
+    deadline = time.monotonic() + 5
+    while spool.depth()[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    forwarder.stop()
+    assert [json.loads(m.body)["count"] for m in sent] == [2, 2, 1]
+    assert all(len(m.body) <= MAX_MESSAGE_BYTES for m in sent)
+
+
+def test_a_rejected_input_goes_up_once_as_a_notice_when_the_policy_says_so(
+    spool: Spool,
+) -> None:
+    relay = Relay(spool, Policy(send_rejected=True))
+    assert relay.handle(b'{"predictions": 7}', "m-bad") == "rejected"
+    (notice,) = bodies(spool)
+    assert notice["type"] == "rejected" and notice["messageId"] == "m-bad"
+    assert notice["reason"] == "predictions is not a list"
+    quiet = Relay(spool, Policy())
+    assert quiet.handle(b'{"predictions": 7}', "m-bad-2") == "rejected"
+    assert len(bodies(spool)) == 1 and spool.counters()["rejected"] == 2
+
+
+def test_a_refused_notice_is_dead_lettered_without_a_notice_of_its_own(spool: Spool) -> None:
+    relay = Relay(spool, Policy(send_rejected=True))
+    relay.handle(b"[]", "m-bad")
+
+    def refuse(message: Outgoing) -> None:
+        raise ValueError("refused")
+
+    forwarder = Forwarder(spool, refuse, policy=lambda: relay.policy)
+    forwarder.start()
+    assert forwarder.drain(5)
+    forwarder.stop()
+    assert spool.counters()["rejected"] == 2 and spool.depth()[0] == 0
+
+
+def test_delivery_stall_is_measured_while_messages_wait(spool: Spool) -> None:
+    with spool.transaction() as db:
+        spool.enqueue(db, Outgoing(MessageKind.SUMMARY, b"{}", "s"))
+
+    def down(message: Outgoing) -> None:
+        raise ConnectionError("edgeHub away")
+
+    forwarder = Forwarder(spool, down, retry_initial_s=0.05, retry_max_s=0.05)
+    forwarder.start()
+    time.sleep(0.5)
+    forwarder.stop()
+    assert forwarder.stalled_s() >= 0.4 and forwarder.state.last_error

@@ -8,6 +8,8 @@ STATS = {
     "queued": 2,
     "queuedBytes": 512,
     "sent": 40,
+    "upstreamMessages": 31,
+    "deliveryStalledSeconds": 2.5,
     "dropped": 1,
     "droppedAlerts": 0,
     "results": 1000,

@@ -158,6 +158,7 @@ class EdgeLink:
             client.shutdown()
 
         self._connect_started = time.monotonic()
+        self._connecting = None  # until this connect has made its client: never judge an old one
         connect = self._pending_connect = _Call(create_and_connect)
         try:
             connect.result(self.call_timeout_s)

@@ -51,7 +51,7 @@ class RelayModule:
             self.link.send,
             settings.retry_initial_s,
             settings.retry_max_s,
-            max_age_s=lambda: self.relay.policy.max_message_age_s,
+            policy=lambda: self.relay.policy,
         )
         self.relay.wakeup = self.forwarder.wake
         self.metrics = MetricsServer(settings.metrics_port, self.stats)
@@ -62,13 +62,24 @@ class RelayModule:
         try:
             self.relay.handle(payload, message_id)
         except Exception as error:
-            if is_storage_full(error):  # it stays in the inbox; handled once there is room
-                log.warning("volume full: input %s waits in the inbox", message_id)
-                self.inbox_waiting.set()
+            if self.waits_for_room(error, message_id):
                 return
             log.exception("input %s could not be handled; quarantined", message_id)
-            reason = f"handling failed: {type(error).__name__}: {error}"
-            self.spool.quarantine_input(message_id, payload, reason, iso(time.time()))
+            self.quarantine(
+                message_id, payload, f"handling failed: {type(error).__name__}: {error}"
+            )
+
+    def waits_for_room(self, error: Exception, message_id: str) -> bool:
+        """True if `error` is a full volume: the input stays in the inbox, handled later."""
+        if not is_storage_full(error):
+            return False
+        log.warning("volume full: input %s waits in the inbox", message_id)
+        self.inbox_waiting.set()
+        return True
+
+    def quarantine(self, message_id: str, payload: bytes, reason: str) -> None:
+        announce = self.relay.policy.send_rejected
+        self.spool.quarantine_input(message_id, payload, reason, iso(time.time()), announce)
 
     def on_desired(self, desired: dict[str, Any]) -> None:
         self.relay.apply_desired(desired)
@@ -82,6 +93,7 @@ class RelayModule:
             "queued": queued,
             "queuedBytes": queued_bytes,
             "sent": int(counters.get(Counter.SENT, 0)),
+            "upstreamMessages": int(counters.get(Counter.UPSTREAM, 0)),
             "dropped": int(sum(counters.get(Counter.dropped(k), 0) for k in MessageKind)),
             "droppedAlerts": int(counters.get(Counter.DROPPED_ALERT, 0)),
             "results": int(counters.get(Counter.RESULTS, 0)),
@@ -91,6 +103,7 @@ class RelayModule:
             "alertsSuppressed": int(counters.get(Counter.ALERTS_SUPPRESSED, 0)),
             "expiredResults": int(counters.get(Counter.EXPIRED_RESULTS, 0)),
             "forwarderErrors": self.forwarder.errors,
+            "deliveryStalledSeconds": round(self.forwarder.stalled_s(), 1),
             "lastError": state.last_error or None,
             "lastErrorTime": state.last_error_time or None,
             "lastSentTime": state.last_sent_time or None,
@@ -138,9 +151,7 @@ class RelayModule:
                 self.inbox_waiting.set()  # a full volume: handled by the main loop later
                 return
             if attempts > MAX_ATTEMPTS:
-                self.spool.quarantine_input(
-                    message_id, payload, f"handling failed {MAX_ATTEMPTS} times", iso(time.time())
-                )
+                self.quarantine(message_id, payload, f"handling failed {MAX_ATTEMPTS} times")
                 log.error("input %s failed %d times; quarantined", message_id, MAX_ATTEMPTS)
                 continue
             self.on_input_at_start(payload, message_id)
@@ -166,10 +177,12 @@ class RelayModule:
             self.relay.close_window()
 
     def on_input_at_start(self, payload: bytes, message_id: str) -> None:
+        """Like `on_input`, but a failure is left for the attempt count to quarantine."""
         try:
             self.relay.handle(payload, message_id)
-        except Exception:
-            log.exception("input %s could not be handled at start", message_id)
+        except Exception as error:
+            if not self.waits_for_room(error, message_id):
+                log.exception("input %s could not be handled at start", message_id)
 
     def connect(self) -> None:
         delay = self.settings.retry_initial_s
@@ -197,13 +210,25 @@ class RelayModule:
         self.report()
         last_report = time.monotonic()
         while not self.stopping.wait(1.0):
-            if self.forwarder.alive():  # the heartbeat stops if forwarding cannot be revived
-                self.settings.heartbeat_path.touch()
+            self.beat()
             self.link.check()  # a dead MQTT network thread: a new client now, not in a minute
             self.tick()
             if time.monotonic() - last_report >= self.settings.report_interval_s:
                 self.report()
                 last_report = time.monotonic()
+
+    def beat(self) -> None:
+        """Write the heartbeat the image's health check reads: it stops if the forwarder
+        cannot be revived, and says `stalled` once messages have waited past
+        `RELAY_STALL_AFTER_S` without the spool's head moving (edgeHub not taking them)."""
+        if not self.forwarder.alive():
+            return
+        stalled = self.forwarder.stalled_s()
+        status = "ok"
+        if stalled > self.settings.stall_after_s:
+            queued, _ = self.spool.depth()
+            status = f"stalled: {queued} messages, none delivered for {stalled:.0f} s"
+        self.settings.heartbeat_path.write_text(status + "\n")
 
     def shutdown(self) -> None:
         """Stop taking input, send what can be sent in the grace period, keep the rest."""

@@ -1,4 +1,5 @@
-"""Container health check: exit 0 when the relay's main loop beat recently. Stdlib only."""
+"""Container health check: exit 0 when the relay's main loop beat recently and its forwarder
+is delivering (the heartbeat says `stalled` otherwise). Stdlib only."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ def main() -> int:
     path = Path(os.environ.get("RELAY_HEARTBEAT_PATH") or DEFAULT_HEARTBEAT)
     try:
         age = time.time() - path.stat().st_mtime
+        status = path.read_text().strip()
     except OSError as error:
         print(f"unhealthy: no heartbeat ({error})", file=sys.stderr)
         return 1
     if age > STALE_AFTER_S:
         print(f"unhealthy: last heartbeat {age:.0f} s ago", file=sys.stderr)
+        return 1
+    if status.startswith("stalled"):
+        print(f"unhealthy: {status}", file=sys.stderr)
         return 1
     return 0
 

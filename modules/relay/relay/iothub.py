@@ -5,6 +5,8 @@ time) is the shared `edgelink.EdgeLink`; the Azure SDK is imported only here and
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +33,41 @@ class InputNotAcknowledged(BaseException):
     """
 
 
+class RefusalBackoff:
+    """How long to wait before reconnecting after refusing an input (a full volume).
+
+    Each refusal ends the client (see `InputNotAcknowledged`) and edgeHub redelivers the same
+    input to the next one at once, so reconnecting at once would churn connections every
+    second while the volume stays full. The wait doubles with each refusal in a row, up to
+    `max_s`, so the forwarder still gets connected windows to send (and free space) in; an
+    input stored again resets it."""
+
+    def __init__(self, initial_s: float = 1.0, max_s: float = 16.0) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._delay = 0.0
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def refused(self) -> float:
+        """Count a refusal; the seconds to wait before the next connect."""
+        with self._lock:
+            self._delay = min(self.max_s, self._delay * 2 or self.initial_s)
+            self._until = time.monotonic() + self._delay
+            return self._delay
+
+    def stored(self) -> None:
+        with self._lock:
+            self._delay = 0.0
+            self._until = 0.0
+
+    def waiting(self) -> bool:
+        """True while a reconnect should wait."""
+        return time.monotonic() < self._until
+
+
 def _install_durable_receipt(
-    client: IoTHubModuleClient, keep: Callable[[str, bytes], None]
+    client: IoTHubModuleClient, keep: Callable[[str, bytes], None], backoff: RefusalBackoff
 ) -> bool:
     """Make `keep(message_id, payload)` run before the MQTT PUBACK of every input message.
 
@@ -56,8 +91,15 @@ def _install_durable_receipt(
                 try:
                     keep(message_id, payload)
                 except StorageFull as error:
-                    log.error("input %s not acknowledged, edgeHub keeps it: %s", message_id, error)
+                    wait = backoff.refused()
+                    log.error(
+                        "input %s not acknowledged, edgeHub keeps it (reconnecting in %.0f s): %s",
+                        message_id,
+                        wait,
+                        error,
+                    )
                     raise InputNotAcknowledged(str(error)) from error
+                backoff.stored()
         original(topic, payload)
 
     transport.on_mqtt_message_received_handler = receive
@@ -86,11 +128,12 @@ class HubLink:
         self.on_method = on_method
         self.keep_input = keep_input
         self.send_timeout_s = send_timeout_s
+        self.refusals = RefusalBackoff()
         self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s)
 
     def _configure(self, client: IoTHubModuleClient) -> None:
         # Before the handlers: setting them subscribes, and inputs may arrive at once.
-        _install_durable_receipt(client, self.keep_input)
+        _install_durable_receipt(client, self.keep_input, self.refusals)
         client.on_message_received = self._message
         client.on_twin_desired_properties_patch_received = self.on_desired
         client.on_method_request_received = self._method
@@ -102,8 +145,10 @@ class HubLink:
         self.link.close()
 
     def check(self) -> None:
-        """A dead MQTT network thread: a new client now, not a minute later."""
-        self.link.check()
+        """A dead MQTT network thread: a new client now, not a minute later; after refusing
+        an input, once its back-off has passed."""
+        if not self.refusals.waiting():
+            self.link.check()
 
     # --- what the relay calls -----------------------------------------------------------------
 

@@ -18,7 +18,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRICS = {
     "queued": ("relay_queued_messages", "gauge", "Messages in the spool waiting for edgeHub"),
     "queuedBytes": ("relay_queued_bytes", "gauge", "Bytes of the messages in the spool"),
-    "sent": ("relay_sent_messages_total", "counter", "Messages edgeHub acknowledged"),
+    "sent": ("relay_sent_messages_total", "counter", "Spooled messages edgeHub acknowledged"),
+    "upstreamMessages": (
+        "relay_upstream_messages_total",
+        "counter",
+        "Messages sent to edgeHub (a batch of results is one)",
+    ),
+    "deliveryStalledSeconds": (
+        "relay_delivery_stalled_seconds",
+        "gauge",
+        "How long spooled messages have waited with none delivered",
+    ),
     "dropped": ("relay_dropped_messages_total", "counter", "Messages dropped at the spool bound"),
     "droppedAlerts": ("relay_dropped_alerts_total", "counter", "Alerts dropped at the bound"),
     "results": ("relay_results_total", "counter", "Scorer results handled"),

@@ -39,6 +39,8 @@ class Policy:
     max_messages_per_minute: int = 60  # individual non-alert results; 0: summaries only
     alert_cooldown_s: float = 0.0  # per label: one alert per episode, later ones counted
     max_message_age_s: float = 0.0  # results older than this are not sent (0: no limit)
+    result_batch_s: float = 0.0  # results spooled within this long go up as one message
+    send_rejected: bool = False  # each dead-lettered input also goes up once, as `rejected`
 
     def alert_threshold(self, rule: AlertRule) -> float:
         return self.min_probability if rule.min_probability is None else rule.min_probability
@@ -58,6 +60,8 @@ class Policy:
             "maxMessagesPerMinute": self.max_messages_per_minute,
             "alertCooldownSeconds": self.alert_cooldown_s,
             "maxMessageAgeSeconds": self.max_message_age_s,
+            "resultBatchSeconds": self.result_batch_s,
+            "sendRejected": self.send_rejected,
         }
 
 
@@ -104,6 +108,18 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _batch_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+        raise ValueError("must be a number of seconds from 0 to 3600")
+    return float(value)
+
+
+def _switch(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 DESIRED_FIELDS = {
     "minProbability": ("min_probability", _probability),
     "labels": ("labels", _labels),
@@ -112,6 +128,8 @@ DESIRED_FIELDS = {
     "maxMessagesPerMinute": ("max_messages_per_minute", _per_minute),
     "alertCooldownSeconds": ("alert_cooldown_s", _seconds),
     "maxMessageAgeSeconds": ("max_message_age_s", _seconds),
+    "resultBatchSeconds": ("result_batch_s", _batch_seconds),
+    "sendRejected": ("send_rejected", _switch),
 }
 
 
@@ -273,7 +291,9 @@ class MessageKind(str, enum.Enum):
 
     ALERT = "alert"
     RESULT = "result"
+    RESULTS = "results"  # spooled results sent as one message (`resultBatchSeconds`)
     SUMMARY = "summary"
+    REJECTED = "rejected"  # an input that was dead-lettered (`sendRejected`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +386,34 @@ def alert_message(
 def result_message(result: Mapping[str, Any], kept: list[Detection]) -> Outgoing:
     """One filtered result, labelled with its most probable detection."""
     return _message(MessageKind.RESULT, "detections", result, kept)
+
+
+def results_message(bodies: list[bytes], message_id: str) -> Outgoing:
+    """Result bodies spooled one by one, sent as one message: IoT Hub throttles and bills per
+    message (in 4 KB units), so one message of many results costs far less than many."""
+    body = b'{"type":"%s","count":%d,"results":[%s]}' % (
+        MessageKind.RESULTS.value.encode(),
+        len(bodies),
+        b",".join(bodies),
+    )
+    return Outgoing(MessageKind.RESULTS, body, message_id)
+
+
+# What a batch adds around its result bodies: the wrapper, and a comma per body.
+RESULTS_OVERHEAD = len(results_message([], "").body)
+REJECTED_EXCERPT_CHARS = 512
+
+
+def rejected_message(message_id: str, reason: str, payload: bytes, at: str) -> Outgoing:
+    """The notice of one dead-lettered input: why, and the start of what it was (text)."""
+    body = {
+        "type": MessageKind.REJECTED.value,
+        "messageId": message_id,
+        "reason": reason[:500],
+        "at": at,
+        "excerpt": payload[:REJECTED_EXCERPT_CHARS].decode("utf-8", "replace"),
+    }
+    return Outgoing(MessageKind.REJECTED, encode(body), str(uuid.uuid4()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,7 +96,9 @@ class Relay:
             with self._lock, self.spool.transaction() as db:
                 if message_id:
                     self.spool.forget_received(db, message_id)
-                self.spool.dead_letter(db, message_id, str(error), payload, iso(now))
+                self.spool.dead_letter(
+                    db, message_id, str(error), payload, iso(now), self._policy.send_rejected
+                )
             log.warning("input %s rejected: %s", message_id or "(no id)", error)
             return Outcome.REJECTED
         result_id = result.get("id") or message_id or hashlib.sha256(payload).hexdigest()
@@ -179,6 +181,10 @@ class ForwarderState:
     connected: bool = False
 
 
+class SendFailed(Exception):
+    """Sending failed for a reason of the link, not of the message: it stays spooled."""
+
+
 class Forwarder:
     """Sends the spool in order; a message leaves the spool only after `send` returned."""
 
@@ -188,17 +194,19 @@ class Forwarder:
         send: Callable[[Outgoing], None],
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
-        max_age_s: Callable[[], float] = lambda: 0.0,
+        policy: Callable[[], Policy] = Policy,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.spool = spool
+        self.clock = clock
         self.send = send
-        self.max_age_s = max_age_s  # the policy's, read at each batch
+        self.policy = policy  # the one in force, read at each batch
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.state = ForwarderState()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
+        self._flushing = threading.Event()  # send held results now, do not wait for more
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self.errors = 0
         self.progress = time.monotonic()  # last time the spool's head moved, or was empty
@@ -215,6 +223,12 @@ class Forwarder:
         self._thread.start()
         return self._thread.is_alive()
 
+    def stalled_s(self) -> float:
+        """How long messages have waited without the spool's head moving (0: none wait)."""
+        if self.spool.depth()[0] == 0:
+            return 0.0
+        return time.monotonic() - self.progress
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -230,50 +244,90 @@ class Forwarder:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    def _send_some(self, delay: float) -> float:
-        """One batch from the spool's head; the back-off to use next."""
+    def _pause(self, seconds: float) -> None:
+        """Wait for new messages (an alert must not wait), at most `seconds`."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _next(self, policy: Policy) -> tuple[list[int], Outgoing] | float:
+        """The next message to send and the spooled messages it carries, or the seconds to
+        wait before one may be ready.
+
+        With `resultBatchSeconds`, the results at the head go up as one message once the
+        oldest has waited that long, or nothing more can join it (size, or a message of
+        another kind behind them), or a flush asks for everything now."""
+        now = self.clock()
+        head = self.spool.oldest(limit=1, max_age_s=policy.max_message_age_s, now=now)
+        if not head:
+            self.progress = time.monotonic()  # nothing to send is progress too
+            return 1.0
+        seq, message = head[0]
+        if message.kind is not rules.MessageKind.RESULT or policy.result_batch_s <= 0:
+            return [seq], message
+        run = self.spool.result_run(rules.BODY_LIMIT - rules.RESULTS_OVERHEAD)
+        wait = run.first_spooled + policy.result_batch_s - now
+        if not run.complete and wait > 0 and not self._flushing.is_set():
+            self.progress = time.monotonic()  # holding results back is not a stall
+            return min(wait, 1.0)
+        batch_id = f"{message.message_id}+{len(run.seqs)}"
+        return run.seqs, rules.results_message(run.bodies, batch_id)
+
+    def send_ready(self, policy: Policy) -> float:
+        """Send every message that is ready now, in order; the seconds until more may be.
+
+        Raises `SendFailed` when the link fails: that message stays at the head."""
         while not self._stop.is_set():
-            batch = self.spool.oldest(max_age_s=self.max_age_s(), now=time.time())
-            if not batch:
-                self._idle.set()
-                self.progress = time.monotonic()  # nothing to send is progress too
-                self._wake.wait(1.0)
-                self._wake.clear()
+            chosen = self._next(policy)
+            if isinstance(chosen, float):
+                return chosen
+            seqs, message = chosen
+            try:
+                self.send(message)
+            except ValueError as error:  # the SDK refuses the message itself (its size)
+                log.error("message %s refused for good, dead-lettered: %s", seqs, error)
+                for seq in seqs:
+                    self.spool.quarantine_outgoing(
+                        seq, f"refused: {error}", iso(self.clock()), policy.send_rejected
+                    )
                 continue
-            self._idle.clear()
-            for seq, message in batch:
-                if self._stop.is_set():
-                    return delay
-                try:
-                    self.send(message)
-                except ValueError as error:  # the SDK refuses the message itself (its size)
-                    log.error("message %s refused for good, dead-lettered: %s", seq, error)
-                    self.spool.quarantine_outgoing(seq, f"refused: {error}", iso(time.time()))
-                    continue
-                except Exception as error:  # noqa: BLE001 - any failure: keep it spooled, retry
-                    self.state.last_error = f"{type(error).__name__}: {error}"[:300]
-                    self.state.last_error_time = iso(time.time())
-                    self.state.connected = False
-                    log.warning("send failed, retrying in %.1f s: %s", delay, error)
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, self.retry_max_s)
-                    break
-                self.spool.acknowledge(seq)
-                self.progress = time.monotonic()
-                self.state.last_sent_time = iso(time.time())
-                self.state.connected = True
-                delay = self.retry_initial_s
+            except Exception as error:  # any other failure is the link's: keep it spooled
+                raise SendFailed(f"{type(error).__name__}: {error}"[:300]) from error
+            self.spool.acknowledge(seqs)
+            self.progress = time.monotonic()
+            self.state.last_sent_time = iso(self.clock())
+            self.state.connected = True
+        return 0.0
+
+    def _send_some(self, delay: float) -> float:
+        """Send from the spool's head until told to stop; the back-off to use next."""
+        while not self._stop.is_set():
+            try:
+                wait = self.send_ready(self.policy())
+            except SendFailed as failure:
+                self.state.last_error = str(failure)
+                self.state.last_error_time = iso(self.clock())
+                self.state.connected = False
+                log.warning("send failed, retrying in %.1f s: %s", delay, failure)
+                self._stop.wait(delay)
+                return min(delay * 2, self.retry_max_s)
+            delay = self.retry_initial_s
+            self._pause(wait)
         return delay
 
     def drain(self, timeout: float) -> bool:
-        """Wait until the spool is empty (True) or the timeout passes (False)."""
+        """Send everything now, held results too: True once the spool is empty, False if the
+        timeout passed first."""
         deadline = time.monotonic() + timeout
+        self._flushing.set()
         self.wake()
-        while time.monotonic() < deadline:
-            if self.spool.depth()[0] == 0:
-                return True
-            time.sleep(0.05)
-        return self.spool.depth()[0] == 0
+        try:
+            while time.monotonic() < deadline:
+                if self.spool.depth()[0] == 0:
+                    return True
+                time.sleep(0.05)
+            return self.spool.depth()[0] == 0
+        finally:
+            self._flushing.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -45,7 +45,8 @@ class Settings:
     retry_max_s: float = 30.0
     report_interval_s: float = 30.0
     graceful_timeout_s: float = 10.0
-    heartbeat_path: Path = Path("/tmp/relay-heartbeat")  # touched every second; HEALTHCHECK
+    heartbeat_path: Path = Path("/tmp/relay-heartbeat")  # written every second; HEALTHCHECK
+    stall_after_s: float = 600.0  # unhealthy when nothing was delivered for this long
     metrics_port: int = 9601  # GET /metrics for the metrics collector (module network only)
     log_level: str = "INFO"
 

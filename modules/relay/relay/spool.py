@@ -8,6 +8,7 @@ accounted for or not at all, and a redelivered duplicate is recognised and skipp
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import policy as rules
 from .policy import LabelStats, MessageKind, Outgoing
 
 SCHEMA = """
@@ -56,7 +58,8 @@ EXCERPT_BYTES = 512
 class Counter(str, enum.Enum):
     """The counters kept with the spool (in its `counters` table, by these names)."""
 
-    SENT = "sent"
+    SENT = "sent"  # spooled messages edgeHub took (a batch of results counts each)
+    UPSTREAM = "upstream_messages"  # messages sent to edgeHub
     ALERTS_SUPPRESSED = "alerts_suppressed"
     EXPIRED_RESULTS = "expired_results"
     RESULTS = "results"
@@ -65,7 +68,9 @@ class Counter(str, enum.Enum):
     REJECTED = "rejected"
     DROPPED_ALERT = "dropped_alert"
     DROPPED_RESULT = "dropped_result"
+    DROPPED_RESULTS = "dropped_results"
     DROPPED_SUMMARY = "dropped_summary"
+    DROPPED_REJECTED = "dropped_rejected"
     WINDOW_START = "window_start"
     WINDOW_FRAMES = "window_frames"
     WINDOW_SENT = "window_sent"
@@ -80,12 +85,13 @@ SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelive
 
 
 class StorageFull(Exception):
-    """The spool's volume has no room left for a write; nothing was changed."""
+    """No room for a write (the volume is full, or the spool is at its bound with nothing
+    left to drop but alerts); nothing was changed."""
 
 
 def is_storage_full(error: BaseException) -> bool:
-    """True for SQLite's "database or disk is full" (SQLITE_FULL), whatever raised it."""
-    return (
+    """True for `StorageFull` and SQLite's "database or disk is full" (SQLITE_FULL)."""
+    return isinstance(error, StorageFull) or (
         isinstance(error, sqlite3.OperationalError)
         and getattr(error, "sqlite_errorname", "") == "SQLITE_FULL"
     )
@@ -96,10 +102,20 @@ def waits_for_room(what: str) -> Iterator[None]:
     """Run a write that can wait: on a full volume, log that `what` waits and carry on."""
     try:
         yield
-    except sqlite3.OperationalError as error:
+    except (sqlite3.OperationalError, StorageFull) as error:
         if not is_storage_full(error):
             raise
         log.warning("volume full: %s", what)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRun:
+    """The results at the spool's head, in order, that can go up as one message."""
+
+    seqs: list[int]
+    bodies: list[bytes]
+    first_spooled: float  # when the oldest of them was spooled
+    complete: bool  # nothing more can join: the next message is no result, or would not fit
 
 
 class Spool:
@@ -207,36 +223,48 @@ class Spool:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * self._page_size)
 
-    def enqueue(self, db: sqlite3.Connection, message: Outgoing, now: float = 0.0) -> None:
-        """Spool a message, then enforce the bound: oldest non-alerts go first, counted.
+    def _make_room(self, db: sqlite3.Connection) -> None:
+        """Enforce the bound after a write: the oldest non-alert messages go first, counted.
 
         The bound is on everything the spool keeps on disk: the pages of every table (inbox,
         seen ids, dead letters, window) plus the write-ahead log's limit. Freed pages are
-        reused, so the file stops growing there. Alerts go only when nothing else is left."""
+        reused, so the file stops growing there. Alerts are never dropped: with only alerts
+        left, the write is refused (`StorageFull`, the transaction rolls back) and the input
+        that caused it stays with edgeHub or in the inbox until the alerts are sent."""
+        while self.pages_bytes(db) > self.max_bytes - WAL_BYTES:
+            victim = db.execute(
+                "SELECT seq, kind FROM outbox WHERE kind != ? ORDER BY seq LIMIT 1",
+                (MessageKind.ALERT.value,),
+            ).fetchone()
+            if victim is None:
+                raise StorageFull("the spool is at its bound with only alerts to send")
+            db.execute("DELETE FROM outbox WHERE seq=?", (victim[0],))
+            self.add_counter(db, Counter.dropped(MessageKind(victim[1])))
+
+    def enqueue(self, db: sqlite3.Connection, message: Outgoing, now: float = 0.0) -> None:
+        """Spool a message within the bound (see `_make_room`)."""
         db.execute(
             "INSERT OR IGNORE INTO outbox(kind, label, message_id, body, created) "
             "VALUES (?, ?, ?, ?, ?)",
             (message.kind.value, message.label, message.message_id, message.body, now),
         )
-        while self.pages_bytes(db) > self.max_bytes - WAL_BYTES:
-            victim = db.execute(
-                "SELECT seq, kind FROM outbox ORDER BY kind = ?, seq LIMIT 1",
-                (MessageKind.ALERT.value,),
-            ).fetchone()
-            if victim is None:
-                break
-            db.execute("DELETE FROM outbox WHERE seq=?", (victim[0],))
-            self.add_counter(db, Counter.dropped(MessageKind(victim[1])))
+        self._make_room(db)
 
     @staticmethod
     def forget_received(db: sqlite3.Connection, message_id: str) -> None:
         db.execute("DELETE FROM inbox WHERE message_id=?", (message_id,))
 
-    @classmethod
     def dead_letter(
-        cls, db: sqlite3.Connection, message_id: str, reason: str, payload: bytes, at: str
+        self,
+        db: sqlite3.Connection,
+        message_id: str,
+        reason: str,
+        payload: bytes,
+        at: str,
+        announce: bool = False,
     ) -> None:
-        """Keep what could not be handled or sent, with why, instead of retrying it for ever."""
+        """Keep what could not be handled or sent, with why, instead of retrying it for ever;
+        with `announce`, a `rejected` notice of it is spooled to go up once."""
         db.execute(
             "INSERT INTO dead_letters(at, message_id, reason, excerpt) VALUES (?, ?, ?, ?)",
             (at, message_id, reason[:500], payload[:EXCERPT_BYTES]),
@@ -245,19 +273,23 @@ class Spool:
             "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - ?",
             (DEAD_LETTERS_KEPT,),
         )
-        cls.add_counter(db, Counter.REJECTED)
+        self.add_counter(db, Counter.REJECTED)
+        if announce:
+            self.enqueue(db, rules.rejected_message(message_id, reason, payload, at))
 
     # --- one transaction each --------------------------------------------------------------
 
     def receive(self, message_id: str, payload: bytes) -> None:
         """Keep a just-received input until it is handled (see iothub.py for why).
 
-        Raises `StorageFull` on a full volume: the caller must then not acknowledge it."""
+        Raises `StorageFull` on a full volume, or at the bound with only alerts spooled: the
+        caller must then not acknowledge it."""
         try:
             with self.transaction() as db:
                 db.execute(
                     "INSERT INTO inbox(message_id, payload) VALUES (?, ?)", (message_id, payload)
                 )
+                self._make_room(db)
         except sqlite3.OperationalError as error:
             if is_storage_full(error):
                 raise StorageFull(str(error)) from error
@@ -277,19 +309,25 @@ class Spool:
             ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def quarantine_input(self, message_id: str, payload: bytes, reason: str, at: str) -> None:
+    def quarantine_input(
+        self, message_id: str, payload: bytes, reason: str, at: str, announce: bool = False
+    ) -> None:
         """Move an input that keeps failing out of the inbox, into the dead letters."""
         with self.transaction() as db:
             self.forget_received(db, message_id)
-            self.dead_letter(db, message_id, reason, payload, at)
+            self.dead_letter(db, message_id, reason, payload, at, announce)
 
-    def quarantine_outgoing(self, seq: int, reason: str, at: str) -> None:
-        """Move a message the hub will never take (too large) out of the spool's head."""
+    def quarantine_outgoing(self, seq: int, reason: str, at: str, announce: bool = False) -> None:
+        """Move a message the hub will never take (too large) out of the spool's head; a
+        `rejected` notice is never itself announced (a notice of a notice could loop)."""
         with self.transaction() as db:
-            row = db.execute("SELECT message_id, body FROM outbox WHERE seq=?", (seq,)).fetchone()
+            row = db.execute(
+                "SELECT message_id, body, kind FROM outbox WHERE seq=?", (seq,)
+            ).fetchone()
             if row is not None:
                 db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
-                self.dead_letter(db, row[0], reason, row[1], at)
+                notice = announce and row[2] != MessageKind.REJECTED.value
+                self.dead_letter(db, row[0], reason, row[1], at, notice)
 
     def dead_letters(self, limit: int = 20) -> list[tuple[str, str, str, bytes]]:
         """The newest dead letters: (when, message id, reason, excerpt)."""
@@ -323,11 +361,38 @@ class Spool:
             ).fetchall()
         return [(row[0], Outgoing(MessageKind(row[1]), row[2], row[3], row[4])) for row in rows]
 
-    def acknowledge(self, seq: int) -> None:
-        """IoT Hub's edgeHub took the message: forget it and count it sent."""
+    def result_run(self, limit_bytes: int) -> ResultRun:
+        """The results at the head of the spool, in order, while their bodies fit
+        `limit_bytes` together (the first always). Alerts are passed over: they go first
+        anyway, so one arriving now neither ends the run nor sends it early."""
+        seqs: list[int] = []
+        bodies: list[bytes] = []
+        first_spooled, size, complete = 0.0, 0, False
+        with self._lock:
+            rows = self._db.execute("SELECT seq, kind, body, created FROM outbox ORDER BY seq")
+            for seq, kind, body, created in rows:
+                if kind == MessageKind.ALERT.value:
+                    continue
+                if kind != MessageKind.RESULT.value or (
+                    bodies and size + len(body) + 1 > limit_bytes
+                ):
+                    complete = True
+                    break
+                if not seqs:
+                    first_spooled = float(created)
+                seqs.append(seq)
+                bodies.append(body)
+                size += len(body) + 1
+            rows.close()
+        return ResultRun(seqs, bodies, first_spooled, complete)
+
+    def acknowledge(self, seqs: list[int]) -> None:
+        """IoT Hub's edgeHub took the message (of these spooled ones): forget them, count."""
         with self.transaction() as db:
-            if db.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
-                self.add_counter(db, Counter.SENT)
+            for seq in seqs:
+                if db.execute("DELETE FROM outbox WHERE seq=?", (seq,)).rowcount:
+                    self.add_counter(db, Counter.SENT)
+            self.add_counter(db, Counter.UPSTREAM)
 
     def depth(self) -> tuple[int, int]:
         """(messages, bytes) waiting in the spool."""

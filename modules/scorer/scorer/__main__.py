@@ -26,7 +26,7 @@ from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
-from .model import ModelError, ModelOptions, ModelSpec, cache_root, inspect_export
+from .model import ModelError, ModelOptions, ModelSpec, YoloResize, cache_root, inspect_export
 from .settings import Settings, SettingsError, run_by_iot_edge
 from .tls import TlsSource
 from .tls import from_settings as tls_from_settings
@@ -53,6 +53,7 @@ def model_options(settings: Settings) -> ModelOptions:
         yolo_nms_per_class=settings.yolo_nms == "per_class",
         yolo_max_detections=settings.yolo_max_detections,
         yolo_prob_threshold=settings.yolo_prob_threshold,
+        yolo_resize=YoloResize(settings.yolo_resize),
     )
 
 
@@ -189,7 +190,7 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
         recreate_after_s=settings.edge_recreate_after_s,
         report_interval_s=settings.edge_report_interval_s,
     )
-    scorer.sink = publisher
+    scorer.sink = publisher.results
     publisher.start()
     return publisher
 

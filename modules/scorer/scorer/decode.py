@@ -144,14 +144,19 @@ def yolo(output: np.ndarray, labels: Sequence[str], options: YoloOptions) -> lis
 def _non_max_suppression(
     boxes: np.ndarray, probs: np.ndarray, labels: Sequence[str], options: YoloOptions
 ) -> list[Prediction]:
-    """Greedy NMS; per class, only the picked class is zeroed on overlapping boxes."""
+    """Greedy NMS as the script in Custom Vision's exports does it: boxes whose best class is
+    above the threshold take part; each pick zeroes only its class on the boxes overlapping
+    it (so a box may come back under its next class), and picking stops after
+    `min(max_detections, boxes taking part)` picks or when the best left is under the
+    threshold."""
     keep = probs.max(axis=1) > options.prob_threshold
     boxes, probs = boxes[keep], probs[keep].copy()
     picked: list[Prediction] = []
-    while len(picked) < options.max_detections and probs.size and probs.max() > 0:
+    limit = min(options.max_detections, len(boxes))
+    while len(picked) < limit:
         index, tag = np.unravel_index(int(np.argmax(probs)), probs.shape)
         probability = float(probs[index, tag])
-        if probability <= options.prob_threshold:
+        if probability < options.prob_threshold:
             break
         left, top, width, height = (float(v) for v in boxes[index])
         picked.append(

@@ -9,9 +9,7 @@ shared `edgelink.EdgeLink`, the same as the relay's.
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -20,38 +18,16 @@ from typing import Any
 from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
 from edgelink import EdgeLink
 
-from .core import Result, Scorer
+from . import twin
+from .core import Scorer
+from .result_queue import ResultQueue
 
 log = logging.getLogger(__name__)
 
 
-def _desired_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError("must be a number from 0 to 1")
-    return float(value)
-
-
-def _desired_max(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be a whole number, 0 (all) or more")
-    return value
-
-
-def _desired_flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-DESIRED = {
-    "threshold": _desired_threshold,
-    "maxPredictions": _desired_max,
-    "publishResults": _desired_flag,
-}
-
-
 class EdgePublisher:
-    """A `ResultSink` that publishes to edgeHub, plus the scorer's twin and methods."""
+    """Sends the result queue to the output on the shared edge link; answers the twin and
+    the direct methods. The queue is the scorer's `ResultSink`."""
 
     def __init__(
         self,
@@ -67,28 +43,13 @@ class EdgePublisher:
         self.call_timeout_s = call_timeout_s
         self.report_interval_s = report_interval_s
         self.link = EdgeLink(self._configure, call_timeout_s, recreate_after_s)
-        self.enabled = True
+        self.results = ResultQueue(queue_size)
+        self.defaults = twin.EdgeDefaults(scorer.default_threshold, scorer.default_max_predictions)
         self.desired_errors: dict[str, str] = {}
-        self.queued: queue.Queue[tuple[str, bytes]] = queue.Queue(queue_size)
         self.sent = 0
-        self.dropped = 0
         self.last_error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-publisher", daemon=True)
-
-    # --- ResultSink ---------------------------------------------------------------------------
-
-    def publish(self, result: Result) -> None:
-        """Queue the result for the output; drop (and count) when the queue is full."""
-        if not self.enabled:
-            return
-        body = json.dumps(result.to_dict(), separators=(",", ":")).encode("utf-8")
-        try:
-            self.queued.put_nowait((result.id, body))
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("edgeHub output queue full: %d results dropped so far", self.dropped)
 
     # --- client lifecycle ----------------------------------------------------------------------
 
@@ -128,7 +89,9 @@ class EdgePublisher:
                     self._report()
                     last_report = time.monotonic()
                 if pending is None:
-                    pending = self.queued.get(timeout=1.0)
+                    pending = self.results.take(timeout=1.0)
+                if pending is None:
+                    continue
                 message = Message(  # type: ignore[no-untyped-call]  # the SDK has no hints
                     pending[1],
                     message_id=pending[0],
@@ -138,8 +101,6 @@ class EdgePublisher:
                 self.link.call("send_message_to_output", message, self.output)
                 self.sent += 1
                 pending, delay = None, 0.5
-            except queue.Empty:
-                pass
             except Exception as error:  # noqa: BLE001 - keep the result, back off, retry
                 self.last_error = f"{type(error).__name__}: {error}"[:300]
                 self._stop.wait(delay)
@@ -153,27 +114,12 @@ class EdgePublisher:
     # --- twin and methods ------------------------------------------------------------------------
 
     def _apply_desired(self, desired: Mapping[str, Any]) -> None:
-        errors: dict[str, str] = {}
-        for key, value in desired.items():
-            if key.startswith("$"):
-                continue
-            if key not in DESIRED:
-                errors[key] = "unknown property"
-                continue
-            try:
-                parsed = DESIRED[key](value)
-            except ValueError as error:
-                errors[key] = f"{error} (got {json.dumps(value)})"
-                continue
-            if key == "threshold":
-                self.scorer.default_threshold = float(parsed)
-            elif key == "maxPredictions":
-                self.scorer.default_max_predictions = int(parsed)
-            else:
-                self.enabled = bool(parsed)
-        self.desired_errors = errors
-        if errors:
-            log.warning("desired properties rejected: %s", errors)
+        self.defaults, self.desired_errors = twin.apply_desired(self.defaults, desired)
+        self.scorer.default_threshold = self.defaults.threshold
+        self.scorer.default_max_predictions = self.defaults.max_predictions
+        self.results.enabled = self.defaults.publish_results
+        if self.desired_errors:
+            log.warning("desired properties rejected: %s", self.desired_errors)
 
     def _on_desired(self, patch: dict[str, Any]) -> None:
         self._apply_desired(patch)
@@ -181,28 +127,16 @@ class EdgePublisher:
 
     def status(self) -> dict[str, Any]:
         """What `getStatus` answers and the reported properties carry."""
-        registry = self.scorer.metrics.registry
-        counts = {
-            sample.labels["code"]: int(sample.value)
-            for metric in registry.collect()
-            if metric.name == "scorer_requests"
-            for sample in metric.samples
-            if sample.name.endswith("_total")
-        }
         return {
             "model": {k: v for k, v in self.scorer.model_info().items() if k != "labels"},
             "providers": list(self.scorer.providers),
-            "defaults": {
-                "threshold": self.scorer.default_threshold,
-                "maxPredictions": self.scorer.default_max_predictions,
-                "publishResults": self.enabled,
-            },
-            "requests": counts,
+            "defaults": self.defaults.to_twin(),
+            "requests": twin.request_counts(self.scorer.metrics.registry),
             "publisher": {
                 "connected": self.connected,
-                "queued": self.queued.qsize(),
+                "queued": len(self.results),
                 "sent": self.sent,
-                "dropped": self.dropped,
+                "dropped": self.results.dropped,
                 "lastError": self.last_error or None,
             },
         }

@@ -35,6 +35,15 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     dtype: type = np.float32
 
+    @property
+    def resampling(self) -> Image.Resampling:
+        """Bicubic for ByPixelCountAlign32: the script in YOLO exports calls Pillow's
+        `resize` without a filter, which is bicubic for RGB; bilinear for the rest, as the
+        classification references do."""
+        if self.resize_method == "ByPixelCountAlign32":
+            return Image.Resampling.BICUBIC
+        return Image.Resampling.BILINEAR
+
     def draft_size(self) -> tuple[int, int]:
         """The smallest decode that keeps twice the model's resolution on both sides."""
         side = 2 * max(*self.target_size, *(self.crop_size or (0, 0)))
@@ -168,11 +177,14 @@ def resized_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int
         shorter = min(target_w, target_h)
         scale = shorter / min(width, height)
         return max(1, round(width * scale)), max(1, round(height * scale))
-    # ByPixelCountAlign32: keep the aspect, about target_w*target_h pixels, sides of 32s.
+    # ByPixelCountAlign32, with the arithmetic of the script in Custom Vision's YOLO exports:
+    # about target_w*target_h pixels, aspect kept, each side truncated and then rounded to
+    # 32s by Python's `round` (half to even). A side it would make 0 (an image over 16x as
+    # wide as high) is 32 here, where the script fails.
     ratio = math.sqrt(target_w * target_h / (width * height))
     return (
-        max(32, 32 * math.ceil(width * ratio / 32)),
-        max(32, 32 * math.ceil(height * ratio / 32)),
+        max(32, 32 * round(int(width * ratio) / 32)),
+        max(32, 32 * round(int(height * ratio) / 32)),
     )
 
 
@@ -180,7 +192,7 @@ def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """RGB image -> `[1, 3, H, W]` in the model's colour order, range and dtype."""
     size = resized_size(image.width, image.height, prep)
     if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
+        image = image.resize(size, prep.resampling)
     if prep.crop_method == "OneCropCenter" and prep.crop_size:
         crop_w, crop_h = prep.crop_size
         left = max(0, (image.width - crop_w) // 2)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from . import decode, upgrade
+from . import decode, rewrites, upgrade
 from .imaging import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,18 @@ class ModelKind(enum.Enum):
         return self.value[1]
 
 
+class YoloResize(str, enum.Enum):
+    """How a YOLO-head export's input is sized."""
+
+    EXPORT = "export"  # by its metadata, else ByPixelCountAlign32 at 512x512, like its script
+    STRETCH = "stretch"  # to the input size the graph declares (416x416), aspect not kept
+
+
+# What the script in Custom Vision's YOLO exports does when the metadata says nothing.
+YOLO_DEFAULT_RESIZE = "ByPixelCountAlign32"
+YOLO_DEFAULT_TARGET = (512, 512)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     """Operator overrides for what exports leave open (see the models README)."""
@@ -64,6 +76,7 @@ class ModelOptions:
     yolo_nms_per_class: bool = True
     yolo_max_detections: int = 20
     yolo_prob_threshold: float = 0.10
+    yolo_resize: YoloResize = YoloResize.EXPORT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +301,7 @@ def _preprocessing(
     options: ModelOptions,
     path: Path,
     input_doc_format: str | None = None,
+    kind: ModelKind | None = None,
 ) -> Preprocessing:
     fixed = isinstance(input_shape[2], int) and isinstance(input_shape[3], int)
     model_size = (int(input_shape[3]), int(input_shape[2])) if fixed else None
@@ -295,6 +309,16 @@ def _preprocessing(
     crop = metadata.get(_META + "CropMethod", "NoCrop")
     target = _size(metadata, _META + "Target", path)
     crop_size = _size(metadata, _META + "Crop", path)
+    if kind is ModelKind.DETECTION_YOLO:
+        if options.yolo_resize is YoloResize.EXPORT:
+            # The export's script sizes by pixel count whatever the graph declares; the
+            # graph's H and W are freed for it (`rewrites.free_image_dims`).
+            resize = metadata.get(_META + "ResizeMethod", YOLO_DEFAULT_RESIZE)
+            target = target or YOLO_DEFAULT_TARGET
+            if resize == YOLO_DEFAULT_RESIZE:
+                model_size = None
+        elif model_size is not None:
+            resize, target = "Stretch", model_size
     if resize not in ("Stretch", "ByShorterSide", "ByPixelCountAlign32"):
         raise ModelError(f"{path}: unknown ResizeMethod {resize!r}")
     if crop not in ("NoCrop", "OneCropCenter"):
@@ -372,6 +396,17 @@ def cache_root(directory: Path, configured: Path | None) -> Path:
     return Path(tempfile.gettempdir()) / "scorer-cache"
 
 
+def _free_image_dims(
+    model: onnx.ModelProto, input_name: str, sha256: str, directory: Path, cache_dir: Path | None
+) -> Path:
+    """The cached copy of the graph with a free image height and width."""
+    target = cache_root(directory, cache_dir) / f"free-dims-{sha256[:16]}.onnx"
+    try:
+        return rewrites.cached(target, lambda: rewrites.free_image_dims(model, input_name))
+    except OSError as error:
+        raise ModelError(f"{target}: cannot write the free-size graph ({error})") from None
+
+
 def inspect_export(
     directory: Path, options: ModelOptions = ModelOptions(), cache_dir: Path | None = None
 ) -> ModelSpec:
@@ -412,6 +447,14 @@ def inspect_export(
         model, kind, outputs[0], labels, model_path, len(yolo.anchors) if yolo else 0
     )
     dtype = np.float16 if elem == TensorProto.FLOAT16 else np.float32
+    preprocessing = _preprocessing(
+        metadata, shape, dtype, options, model_path, _documented_format(image_input), kind
+    )
+    if preprocessing.resize_method == YOLO_DEFAULT_RESIZE and any(
+        isinstance(side, int) for side in shape[2:]
+    ):
+        onnx_path = _free_image_dims(model, image_input.name, sha256, directory, cache_dir)
+        shape = (*shape[:2], "height", "width")
     return ModelSpec(
         directory=directory,
         onnx_path=onnx_path,
@@ -421,9 +464,7 @@ def inspect_export(
         input_name=image_input.name,
         input_shape=shape,
         output_names=outputs,
-        preprocessing=_preprocessing(
-            metadata, shape, dtype, options, model_path, _documented_format(image_input)
-        ),
+        preprocessing=preprocessing,
         yolo=yolo,
         metadata=metadata,
         upgraded=upgraded,

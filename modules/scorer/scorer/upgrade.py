@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+from . import rewrites
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +261,6 @@ def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
 def cached_upgrade(source: Path, digest: str, cache_dir: Path) -> Path:
     """Path of the upgraded copy of `source`, converting it once per content hash."""
     target = cache_dir / f"upgraded-{digest[:16]}-opset{TARGET_OPSET}.onnx"
-    if target.exists():
-        return target
-    log.info("upgrading legacy opset-1 export %s into %s", source, target)
-    upgraded = upgrade(onnx.load(str(source)))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as handle:
-        handle.write(upgraded.SerializeToString())
-    os.replace(handle.name, target)  # atomic: a crash never leaves half a model behind
-    return target
+    if not target.exists():
+        log.info("upgrading legacy opset-1 export %s into %s", source, target)
+    return rewrites.cached(target, lambda: upgrade(onnx.load(str(source))))
