@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
+from tests.scorer_process import ScorerProcess, memory_mb, scorer_env, worker_pid  # noqa: E402
 
 SIDE = 6000
 CLIENTS = 16
@@ -43,18 +43,6 @@ def worst_case(fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
-
-
-def worker_pid(master: int) -> int:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return int(children[0])
-
-
-def memory_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def burst(server: ScorerProcess, body: bytes, mime: str) -> list[int]:

@@ -128,3 +128,17 @@ def scorer_env(model_dir: Path, cache_dir: Path, **settings: str) -> dict[str, s
     )
     env.update({f"SCORER_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def worker_pid(master: int) -> int:
+    """The gunicorn worker of a scorer's master process (the one that holds the model)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return int(children[0])
+
+
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -175,10 +175,10 @@ def test_default_desired_properties_are_valid_for_the_modules(name: str) -> None
     content = load(name)["modulesContent"]
     _, rejected = apply_desired(Policy(), content["relay"]["properties.desired"])
     assert rejected == {}
-    from scorer.edge import DESIRED
+    from scorer import twin
 
-    for key, value in content["scorer"]["properties.desired"].items():
-        DESIRED[key](value)
+    _, rejected = twin.apply_desired(twin.EdgeDefaults(), content["scorer"]["properties.desired"])
+    assert rejected == {}
 
 
 def test_every_variable_is_in_env_example(name: str) -> None:

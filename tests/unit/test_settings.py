@@ -95,4 +95,4 @@ def test_outside_iot_edge_the_azure_sdk_is_never_imported(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setitem(sys.modules, "azure", None)  # any import of it now fails
     monkeypatch.delitem(sys.modules, "scorer.edge", raising=False)
-    assert entry.start_edge(object(), Settings.from_env({})) is None  # type: ignore[arg-type]
+    assert entry.start_edge(object(), Settings.from_env({}), None) is None  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ def scorer(make_scorer: Callable[..., Scorer], demo_dir: Path) -> Scorer:
 
 
 def test_a_device_error_fails_the_scorer_for_good(scorer: Scorer, demo_dir: Path) -> None:
-    model = scorer._model
-    assert model is not None
+    assert scorer.served is not None
+    model = scorer.served.model
 
     def broken(tensor: object) -> list:
         raise RuntimeError(

@@ -14,24 +14,31 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from . import engine_cache
+from .archive import ArchiveLimits, export_folder
 from .auth import ApiKeys
 from .core import Scorer, ScorerConfig
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
 from .model import ModelError, ModelOptions, ModelSpec, YoloResize, cache_root, inspect_export
+from .model_download import DownloadLimits
+from .model_store import ModelStore, StoreError
 from .settings import Settings, SettingsError, run_by_iot_edge
 from .tls import TlsSource
 from .tls import from_settings as tls_from_settings
 from .watchdog import Watchdog
 from .worker import ScorerWorker
+
+if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
+    from .session import LoadedModel
 
 log = logging.getLogger("scorer")
 
@@ -57,11 +64,14 @@ def model_options(settings: Settings) -> ModelOptions:
     )
 
 
-def scorer_config(settings: Settings, spec: ModelSpec) -> ScorerConfig:
-    """The core's configuration from the settings."""
+def scorer_config(settings: Settings, spec: ModelSpec, version: str | None = None) -> ScorerConfig:
+    """The core's configuration from the settings (`version`: the store's, when it serves)."""
+    name = settings.model_name or (
+        spec.directory.resolve().name if version is None else settings.model_dir.resolve().name
+    )
     return ScorerConfig(
-        model_name=settings.model_name or spec.directory.resolve().name,
-        model_version=settings.model_version or spec.sha256[:12],
+        model_name=name,
+        model_version=version or settings.model_version or spec.sha256[:12],
         limits=DecodeLimits(
             settings.max_image_pixels, settings.jpeg_draft, settings.max_decode_bytes
         ),
@@ -127,25 +137,77 @@ class EngineBuildProgress:
             log.info("TensorRT engine built in %.0f s and cached", self.elapsed())
 
 
-def load_model(scorer: Scorer, settings: Settings) -> None:
-    """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn."""
-    # Imported here, in the worker after the fork, never in the master: see session.py.
+def session_opener(
+    settings: Settings, chosen: list[str | tuple[str, dict[str, Any]]]
+) -> Callable[[ModelSpec], LoadedModel]:
+    """Opens a session for any model on the providers chosen at start; TensorRT's engine
+    cache folder follows each model's hash."""
     import onnxruntime
 
     from . import providers, session
+
+    level = logging.getLevelName(settings.log_level)
+
+    def open_model(spec: ModelSpec) -> LoadedModel:
+        per_model = [
+            (providers.TENSORRT, tensorrt_options(settings, spec, onnxruntime.__version__))
+            if isinstance(p, tuple) and p[0] == providers.TENSORRT
+            else p
+            for p in chosen
+        ]
+        return session.open_session(spec, per_model, level)
+
+    return open_model
+
+
+def load_model(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> None:
+    """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn.
+    The opener goes into `opened` for model updates."""
+    # Imported here, in the worker after the fork, never in the master: see session.py.
+    import onnxruntime
+
+    from . import providers
 
     try:
         trt = tensorrt_options(settings, scorer.spec, onnxruntime.__version__)
         chosen, fallbacks = providers.resolve(settings.providers, trt)
         scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
-        level = logging.getLevelName(settings.log_level)
         uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
+        open_model = session_opener(settings, chosen)
+        opened.append(open_model)
         with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
-            scorer.load(lambda spec: session.open_session(spec, chosen, level))
+            scorer.load(open_model)
     except Exception as error:
         log.critical("cannot start: %s", one_line(error))
         log.debug("why the model could not be loaded", exc_info=True)
         os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def model_store(settings: Settings) -> ModelStore:
+    root = settings.model_store or cache_root(settings.model_dir, settings.cache_dir) / "models"
+    return ModelStore(root, settings.model_keep)
+
+
+def model_updater(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> Any:
+    """Installs and swaps in new model versions (twin `model`, or the admin route)."""
+    from .model_update import ModelUpdater
+
+    def open_model(spec: ModelSpec) -> LoadedModel:
+        if not opened:
+            raise RuntimeError("the first model is still loading")
+        result: LoadedModel = opened[0](spec)
+        return result
+
+    return ModelUpdater(
+        scorer,
+        model_store(settings),
+        inspect=lambda folder: inspect_export(folder, model_options(settings), settings.cache_dir),
+        open_model=open_model,
+        limits=DownloadLimits(
+            settings.model_max_bytes, settings.model_download_timeout_s, settings.model_allow_http
+        ),
+        unpack_limits=ArchiveLimits(max_bytes=settings.model_max_bytes),
+    )
 
 
 def end_the_process(reason: str) -> None:
@@ -175,7 +237,7 @@ def start_grpc(scorer: Scorer, settings: Settings, tls: TlsSource | None) -> Any
     return server
 
 
-def start_edge(scorer: Scorer, settings: Settings) -> Any:
+def start_edge(scorer: Scorer, settings: Settings, updater: Any) -> Any:
     """Publish results to IoT Edge when run by it (or asked to); None otherwise."""
     if settings.edge == "off" or (settings.edge == "auto" and not run_by_iot_edge()):
         return None
@@ -184,6 +246,7 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
 
     publisher = edge.EdgePublisher(
         scorer,
+        updater,
         output=settings.edge_output,
         queue_size=settings.edge_queue_size,
         call_timeout_s=settings.edge_call_timeout_s,
@@ -198,9 +261,12 @@ def start_edge(scorer: Scorer, settings: Settings) -> Any:
 class ScorerServer(BaseApplication):
     """gunicorn, configured from `Settings`, with one worker that owns the model."""
 
-    def __init__(self, settings: Settings, spec: ModelSpec, tls: TlsSource | None) -> None:
+    def __init__(
+        self, settings: Settings, spec: ModelSpec, tls: TlsSource | None, version: str | None
+    ) -> None:
         self.settings = settings
         self.spec = spec
+        self.version = version  # the store's promoted version, when it is the one served
         self.scorer: Scorer | None = None
         self.tls = tls  # the worker wraps HTTP connections with it
         self.grpc_server: Any = None
@@ -233,16 +299,21 @@ class ScorerServer(BaseApplication):
 
     def load(self) -> Any:
         """Runs in the worker after the fork: build the scorer, load the model in background."""
-        scorer = Scorer(self.spec, scorer_config(self.settings, self.spec))
+        scorer = Scorer(self.spec, scorer_config(self.settings, self.spec, self.version))
         self.scorer = scorer  # the worker counts what it refuses while reading requests
+        opened: list[Callable[..., Any]] = []
         threading.Thread(
-            target=load_model, args=(scorer, self.settings), name="model-loader", daemon=True
+            target=load_model,
+            args=(scorer, self.settings, opened),
+            name="model-loader",
+            daemon=True,
         ).start()
+        updater = model_updater(scorer, self.settings, opened)
         Watchdog(scorer, self.settings.inference_timeout_s, end_the_process).start()
         self.grpc_server = start_grpc(scorer, self.settings, self.tls)
         if self.tls is not None:
             self.tls.keep_renewing()  # in the worker: its HTTP context and gRPC follow
-        self.edge_publisher = start_edge(scorer, self.settings)
+        self.edge_publisher = start_edge(scorer, self.settings, updater)
         policy = None
         if self.settings.url_enabled:
             policy = FetchPolicy(
@@ -250,7 +321,7 @@ class ScorerServer(BaseApplication):
                 self.settings.max_body_bytes,
                 self.settings.url_timeout_s,
             )
-        return create_app(scorer, policy, ApiKeys(self.settings.api_keys))
+        return create_app(scorer, policy, ApiKeys(self.settings.api_keys), updater)
 
 
 def main() -> int:
@@ -264,8 +335,17 @@ def main() -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    folder, version = settings.model_dir, None
     try:
-        spec = inspect_export(settings.model_dir, model_options(settings), settings.cache_dir)
+        promoted = model_store(settings).current()
+    except StoreError as error:
+        log.error("model store unreadable, serving %s: %s", settings.model_dir, error)
+        promoted = None
+    if promoted is not None:  # a model update was promoted: a restart serves it again
+        folder = export_folder(model_store(settings).folder(promoted.version))
+        version = promoted.version
+    try:
+        spec = inspect_export(folder, model_options(settings), settings.cache_dir)
     except Exception as error:
         log.critical("cannot start: %s", one_line(error))
         log.debug("why the export could not be read", exc_info=True)
@@ -275,8 +355,8 @@ def main() -> int:
     except (OSError, ValueError, KeyError) as error:
         log.critical("cannot start: no TLS certificate: %s", one_line(error))
         return 2
-    log.info("serving %s: %s", settings.model_dir, spec.summary())
-    ScorerServer(settings, spec, tls).run()
+    log.info("serving %s: %s", folder, spec.summary())
+    ScorerServer(settings, spec, tls, version).run()
     return 0
 
 

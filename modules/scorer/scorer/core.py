@@ -119,6 +119,29 @@ class ScorerConfig:
     decode_budget_bytes: int = 1_000_000_000
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """The model that answers, with the name and version results carry. A request takes it
+    once and keeps it: a swap while it runs changes only the requests after."""
+
+    model: LoadedModel
+    name: str
+    version: str
+
+
+def warmed_up(model: LoadedModel, name: str) -> LoadedModel:
+    """`model` after one run on a blank image, so no request pays for lazy initialisation."""
+    started = time.perf_counter()
+    model.warm_up()
+    log.info(
+        "model %s ready on %s (warm-up %.0f ms)",
+        name,
+        ", ".join(model.providers),
+        (time.perf_counter() - started) * 1000,
+    )
+    return model
+
+
 class Scorer:
     """Scores images with one shared session; thread-safe; not ready until warmed up."""
 
@@ -126,11 +149,10 @@ class Scorer:
         self.spec = spec
         self.config = config
         self.metrics = ScorerMetrics()
-        self._model: LoadedModel | None = None
+        self._served: Served | None = None
         self._ready_listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_inflight)
-        self._draft_size = spec.preprocessing.draft_size()
         self._decode_budget = imaging.DecodeBudget(config.decode_budget_bytes)
         self.default_threshold = config.default_threshold
         self.default_max_predictions = config.default_max_predictions
@@ -143,7 +165,11 @@ class Scorer:
 
     @property
     def ready(self) -> bool:
-        return self._model is not None and self.failure is None
+        return self._served is not None and self.failure is None
+
+    @property
+    def served(self) -> Served | None:
+        return self._served
 
     def fail(self, reason: str) -> None:
         """Mark the scorer broken for good (a hung inference, a lost GPU): not ready again."""
@@ -175,37 +201,35 @@ class Scorer:
 
     @property
     def providers(self) -> tuple[str, ...]:
-        return self._model.providers if self._model else ()
+        return self._served.model.providers if self._served else ()
 
     def load(self, open_model: Callable[[ModelSpec], LoadedModel]) -> None:
         """Open the session, warm it up, then mark the scorer ready."""
-        model = open_model(self.spec)
-        started = time.perf_counter()
-        model.warm_up()
-        log.info(
-            "model %s ready on %s (warm-up %.0f ms)",
-            self.config.model_name,
-            ", ".join(model.providers),
-            (time.perf_counter() - started) * 1000,
-        )
-        self.metrics.model.labels(
-            self.config.model_name,
-            self.config.model_version,
-            self.spec.kind.task,
-            model.providers[0],
-        ).set(1)
+        model = warmed_up(open_model(self.spec), self.config.model_name)
         for fallback in self.provider_fallbacks:
             self.metrics.provider_fallback.labels(fallback["provider"], fallback["reason"]).set(1)
+        self.swap(model, self.config.model_name, self.config.model_version)
         with self._lock:
-            self._model = model
             listeners, self._ready_listeners = self._ready_listeners, []
         for listener in listeners:
             listener()
 
+    def swap(self, model: LoadedModel, name: str, version: str) -> None:
+        """Serve `model` (already warm) from now on. Requests in flight finish on the one
+        they took; the previous session is released when the last of them is done."""
+        with self._lock:
+            before, self._served = self._served, Served(model, name, version)
+            self.spec = model.spec
+        if before is not None:
+            self.metrics.model.remove(
+                before.name, before.version, before.model.spec.kind.task, before.model.providers[0]
+            )
+        self.metrics.model.labels(name, version, model.spec.kind.task, model.providers[0]).set(1)
+
     def when_ready(self, listener: Callable[[], None]) -> None:
         """Call `listener` once the model is warm (at once if it already is)."""
         with self._lock:
-            if self._model is None:
+            if self._served is None:
                 self._ready_listeners.append(listener)
                 return
         listener()
@@ -237,37 +261,40 @@ class Scorer:
 
     def model_info(self) -> dict[str, Any]:
         """What `GET /model` and gRPC `GetModel` report."""
-        prep = self.spec.preprocessing
+        served = self._served
+        spec = served.model.spec if served else self.spec
+        prep = spec.preprocessing
         return {
-            "name": self.config.model_name,
-            "version": self.config.model_version,
-            "kind": self.spec.kind.task,
-            "format": self.spec.kind.description,
-            "labels": list(self.spec.labels),
-            "inputName": self.spec.input_name,
-            "inputShape": [d if isinstance(d, int) else -1 for d in self.spec.input_shape],
+            "name": served.name if served else self.config.model_name,
+            "version": served.version if served else self.config.model_version,
+            "kind": spec.kind.task,
+            "format": spec.kind.description,
+            "labels": list(spec.labels),
+            "inputName": spec.input_name,
+            "inputShape": [d if isinstance(d, int) else -1 for d in spec.input_shape],
             "inputType": "float16" if prep.dtype.__name__ == "float16" else "float32",
-            "providers": list(self.providers),
+            "providers": list(served.model.providers if served else ()),
             "providerFallbacks": list(self.provider_fallbacks),
-            "sha256": self.spec.sha256,
+            "sha256": spec.sha256,
             "ready": self.ready,
         }
 
     def score(self, image: bytes, options: ScoreOptions = ScoreOptions()) -> Result:
         """Decode, preprocess, run and post-process one image."""
         options.validate()
-        model = self._model
+        served = self._served
         if self.failure is not None:
             raise ScoringError(Code.NOT_READY, f"the scorer is restarting: {self.failure}")
-        if model is None:
+        if served is None:
             raise ScoringError(Code.NOT_READY, "the model is still loading; retry shortly")
         if not image:
             raise ScoringError(Code.EMPTY_BODY, "no image bytes in the request")
+        model, prep = served.model, served.model.spec.preprocessing
         started = time.perf_counter()
         picture = imaging.decode_image(
-            image, self.config.limits, self._draft_size, self._decode_budget
+            image, self.config.limits, prep.draft_size(), self._decode_budget
         )
-        tensor = imaging.to_tensor(picture, self.spec.preprocessing)
+        tensor = imaging.to_tensor(picture, prep)
         decoded = time.perf_counter()
         outputs = self._run(model, tensor)
         inferred = time.perf_counter()
@@ -294,9 +321,9 @@ class Scorer:
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             predictions=tuple(kept),
-            model_name=self.config.model_name,
-            model_version=self.config.model_version,
-            kind=self.spec.kind.task,
+            model_name=served.name,
+            model_version=served.version,
+            kind=model.spec.kind.task,
             timing=Timing(
                 (decoded - started) * 1000, (inferred - decoded) * 1000, (finished - started) * 1000
             ),

@@ -20,6 +20,7 @@ from edgelink import EdgeLink
 
 from . import twin
 from .core import Scorer
+from .model_update import ModelRequest, ModelUpdater
 from .result_queue import ResultQueue
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class EdgePublisher:
     def __init__(
         self,
         scorer: Scorer,
+        updater: ModelUpdater,
         output: str = "results",
         queue_size: int = 1000,
         call_timeout_s: float = 10.0,
@@ -39,6 +41,8 @@ class EdgePublisher:
         report_interval_s: float = 30.0,
     ) -> None:
         self.scorer = scorer
+        self.updater = updater
+        updater.on_change = self._model_changed
         self.output = output
         self.call_timeout_s = call_timeout_s
         self.report_interval_s = report_interval_s
@@ -114,12 +118,22 @@ class EdgePublisher:
     # --- twin and methods ------------------------------------------------------------------------
 
     def _apply_desired(self, desired: Mapping[str, Any]) -> None:
-        self.defaults, self.desired_errors = twin.apply_desired(self.defaults, desired)
+        serving = {k: v for k, v in desired.items() if k != "model"}
+        self.defaults, self.desired_errors = twin.apply_desired(self.defaults, serving)
+        if desired.get("model") is not None:
+            try:
+                self.updater.request(ModelRequest.parse(desired["model"]))
+            except ValueError as error:
+                self.desired_errors["model"] = str(error)
         self.scorer.default_threshold = self.defaults.threshold
         self.scorer.default_max_predictions = self.defaults.max_predictions
         self.results.enabled = self.defaults.publish_results
         if self.desired_errors:
             log.warning("desired properties rejected: %s", self.desired_errors)
+
+    def _model_changed(self) -> None:
+        """Every step of a model update is reported as it happens."""
+        self._report()
 
     def _on_desired(self, patch: dict[str, Any]) -> None:
         self._apply_desired(patch)
@@ -128,7 +142,12 @@ class EdgePublisher:
     def status(self) -> dict[str, Any]:
         """What `getStatus` answers and the reported properties carry."""
         return {
-            "model": {k: v for k, v in self.scorer.model_info().items() if k != "labels"},
+            # The served model and where its update stands: version, sha256, state, previous,
+            # lastError, updatedAt.
+            "model": {
+                **{k: v for k, v in self.scorer.model_info().items() if k != "labels"},
+                **self.updater.status(),
+            },
             "providers": list(self.scorer.providers),
             "defaults": self.defaults.to_twin(),
             "requests": twin.request_counts(self.scorer.metrics.registry),
@@ -155,7 +174,15 @@ class EdgePublisher:
     def _on_method(self, request: Any) -> None:
         if request.name == "getStatus":
             status, payload = 200, self.status()
+        elif request.name == "getModel":
+            status, payload = 200, self.updater.status()
+        elif request.name == "rollbackModel":
+            try:
+                status, payload = 202, {"rollingBackTo": self.updater.rollback()}
+            except ValueError as error:
+                status, payload = 409, {"error": str(error)}
         else:
-            status, payload = 404, {"error": f"unknown method {request.name!r}; use getStatus"}
+            known = "getStatus, getModel or rollbackModel"
+            status, payload = 404, {"error": f"unknown method {request.name!r}; use {known}"}
         response = MethodResponse.create_from_method_request(request, status, payload)
         self.link.call("send_method_response", response)

@@ -16,6 +16,7 @@ from .auth import CHALLENGE, NO_KEYS, OPEN_HTTP_PATHS, ApiKeys, presented_key
 from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
+from .model_update import ModelRequest, ModelUpdater
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,14 @@ def _url_body() -> str:
 
 
 def create_app(
-    scorer: Scorer, fetch_policy: FetchPolicy | None = None, keys: ApiKeys = NO_KEYS
+    scorer: Scorer,
+    fetch_policy: FetchPolicy | None = None,
+    keys: ApiKeys = NO_KEYS,
+    updater: ModelUpdater | None = None,
 ) -> Flask:
     """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off; with `keys`,
-    every route but health and readiness needs one of them."""
+    every route but health and readiness needs one of them, and `/admin/model` (updates
+    through `updater`) exists only then."""
     app = Flask("scorer")
     app.config["MAX_CONTENT_LENGTH"] = scorer.config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
@@ -221,7 +226,42 @@ def create_app(
 
     @app.get("/model")
     def model() -> Response:
-        return jsonify(scorer.model_info())
+        info = scorer.model_info()
+        if updater is not None:
+            info["update"] = updater.status()
+        return jsonify(info)
+
+    def admin() -> ModelUpdater:
+        if updater is None or not keys.enabled:
+            raise ScoringError(
+                Code.NOT_FOUND,
+                "model updates over HTTP need API keys (SCORER_API_KEYS); under IoT Edge use"
+                " the module twin's desired property `model`",
+            )
+        return updater
+
+    @app.get("/admin/model")
+    def admin_model() -> Response:
+        return jsonify(admin().status())
+
+    @app.post("/admin/model")
+    def admin_update() -> tuple[Response, int]:
+        updates = admin()
+        try:
+            wanted = ModelRequest.parse(request.get_json(silent=True))
+        except ValueError as error:
+            raise ScoringError(Code.INVALID_ARGUMENT, f"model update: {error}") from None
+        started = updates.request(wanted)
+        return jsonify(updates.status()), 202 if started else 200
+
+    @app.post("/admin/model/rollback")
+    def admin_rollback() -> tuple[Response, int]:
+        updates = admin()
+        try:
+            updates.rollback()
+        except ValueError as error:
+            raise ScoringError(Code.INVALID_ARGUMENT, str(error)) from None
+        return jsonify(updates.status()), 202
 
     @app.get("/metrics")
     def metrics() -> Response:

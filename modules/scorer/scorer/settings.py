@@ -143,6 +143,17 @@ class Settings:
         Path,
         "writable cache: TensorRT engines, upgraded legacy models (default: .cache by the model)",
     )
+    model_store: Path | None = _setting(
+        None, Path, "model versions installed by updates (default: models/ in the cache)"
+    )
+    model_keep: int = _setting(2, _positive_int, "versions kept in the store (current, previous)")
+    model_max_bytes: int = _setting(
+        1 << 30, _positive_int, "largest model download, and the most an export may unpack to"
+    )
+    model_download_timeout_s: float = _setting(
+        900.0, _positive_float, "time limit for a whole model download"
+    )
+    model_allow_http: bool = _setting(False, _bool, "allow http:// model URLs (labs, tests)")
     host: str = _setting("0.0.0.0", str, "address both servers listen on")
     http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
     grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")

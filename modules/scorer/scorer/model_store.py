@@ -1,0 +1,117 @@
+"""Model versions on the module's volume: `<store>/<version>/` and a `current.json` pointer.
+
+The pointer is replaced atomically, so a restart (or a power cut mid-update) serves exactly
+the version that was promoted last, never half of one, and never falls back to the image's
+default model once an update was promoted. The previous version is kept for rollback; older
+ones are pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+POINTER = "current.json"
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class StoreError(ValueError):
+    """A version name or a pointer the store cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Promoted:
+    """What the pointer says: the version served, its model's hash, the one before it."""
+
+    version: str
+    sha256: str
+    previous: str | None
+
+
+def check_version(version: str) -> str:
+    """A version name usable as a folder name, or StoreError."""
+    if not VERSION.fullmatch(version):
+        raise StoreError(
+            f"version {version!r}: 1-64 letters, digits, '.', '_' or '-', not starting with one"
+            " of the last three"
+        )
+    return version
+
+
+class ModelStore:
+    """Versions unpacked under `root`; `keep` of them at most (the current and the previous
+    always among them)."""
+
+    def __init__(self, root: Path, keep: int = 2) -> None:
+        self.root = root
+        self.keep = max(2, keep)
+
+    def folder(self, version: str) -> Path:
+        return self.root / check_version(version)
+
+    def current(self) -> Promoted | None:
+        """The promoted version, or None (never promoted, or its folder is gone)."""
+        try:
+            data = json.loads((self.root / POINTER).read_text())
+            promoted = Promoted(data["version"], data["sha256"], data.get("previous"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StoreError(f"{self.root / POINTER}: unreadable ({error})") from None
+        return promoted if self.folder(promoted.version).is_dir() else None
+
+    def staging(self) -> Path:
+        """A fresh folder on the store's volume to unpack into (renamed into place after)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+
+    def install(self, version: str, unpacked: Path) -> Path:
+        """Move an unpacked version into place (an existing one of that name is replaced)."""
+        folder = self.folder(version)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(unpacked, folder)
+        return folder
+
+    def promote(self, version: str, sha256: str) -> Promoted:
+        """Point at `version` (atomically), remembering the one before; prune old ones."""
+        before = self.current()
+        previous = before.previous if before and before.version == version else None
+        if before and before.version != version:
+            previous = before.version
+        promoted = Promoted(check_version(version), sha256, previous)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.root, prefix=".pointer-", delete=False
+        ) as handle:
+            json.dump(dataclasses.asdict(promoted), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, self.root / POINTER)
+        self.prune()
+        return promoted
+
+    def discard(self, version: str) -> None:
+        """Remove a version that failed to load, unless it is the current or previous one."""
+        promoted = self.current()
+        if promoted is None or version not in (promoted.version, promoted.previous):
+            shutil.rmtree(self.folder(version), ignore_errors=True)
+
+    def prune(self) -> None:
+        """Remove versions beyond `keep` (oldest first) and left-over staging folders."""
+        promoted = self.current()
+        kept = {promoted.version, promoted.previous} if promoted else set()
+        folders = sorted(
+            (p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
+        )
+        for path in folders:
+            if path.name.startswith(".incoming-"):
+                shutil.rmtree(path, ignore_errors=True)
+        versions = [p for p in folders if not p.name.startswith(".") and p.name not in kept]
+        for path in versions[: max(0, len(versions) - (self.keep - len(kept)))]:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""Model updates while serving: download, check, unpack, load and warm a new export in the
+background, then swap it in; the current model answers every request until then.
+
+A failure at any step leaves the current model serving and is reported (`state: failed`,
+`lastError`). One update runs at a time; a request that arrives meanwhile runs after it
+(only the newest one waiting is kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import archive
+from .core import Scorer, warmed_up
+from .model import ModelSpec
+from .model_download import DownloadLimits, download
+from .model_store import ModelStore, check_version
+
+if TYPE_CHECKING:
+    from .session import LoadedModel
+
+log = logging.getLogger(__name__)
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class UpdateState(str, enum.Enum):
+    """Where the model update stands; the reported property `model.state`."""
+
+    READY = "ready"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    WARMING = "warming"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRequest:
+    """A model to serve: the twin's desired `model` (or the admin route's body)."""
+
+    version: str
+    url: str
+    sha256: str
+
+    @classmethod
+    def parse(cls, value: Any) -> ModelRequest:
+        """Checked fields, or ValueError saying which one is wrong."""
+        if not isinstance(value, Mapping):
+            raise ValueError('must be {"version": ..., "url": "https://...", "sha256": ...}')
+        version, url, sha256 = value.get("version"), value.get("url"), value.get("sha256")
+        if not isinstance(version, str):
+            raise ValueError("version must be a string")
+        check_version(version)
+        if not isinstance(url, str) or not url:
+            raise ValueError("url must be a string")
+        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+            raise ValueError("sha256 must be 64 hex digits")
+        return cls(version, url, sha256.lower())
+
+
+def _now() -> str:
+    return (
+        datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class ModelUpdater:
+    """Drives one update at a time against the scorer and the versioned store."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        store: ModelStore,
+        inspect: Callable[[Path], ModelSpec],
+        open_model: Callable[[ModelSpec], LoadedModel],
+        limits: DownloadLimits,
+        unpack_limits: archive.ArchiveLimits,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.scorer = scorer
+        self.store = store
+        self.inspect = inspect
+        self.open_model = open_model
+        self.limits = limits
+        self.unpack_limits = unpack_limits
+        self.on_change = on_change
+        self.state = UpdateState.READY
+        self.last_error: str | None = None
+        self.updated_at: str | None = None
+        self.target: str | None = None  # the version being installed
+        self._lock = threading.Lock()
+        self._waiting: Callable[[], None] | None = None
+        self._busy = False
+
+    def status(self) -> dict[str, Any]:
+        """The reported property `model` (and `getModel`'s answer)."""
+        served = self.scorer.served
+        promoted = self.store.current()
+        return {
+            "version": served.version if served else None,
+            "sha256": self.scorer.spec.sha256,
+            "state": self.state.value,
+            "target": self.target,
+            "previous": promoted.previous if promoted else None,
+            "lastError": self.last_error,
+            "updatedAt": self.updated_at,
+        }
+
+    def request(self, wanted: ModelRequest) -> bool:
+        """Install and serve `wanted` in the background; False if it is served already.
+
+        A version name stands for one content: the current version is not fetched again,
+        and the previous one is served from the store (as a rollback)."""
+        promoted = self.store.current()
+        if promoted is not None and wanted.version == promoted.version:
+            return False
+        if promoted is not None and wanted.version == promoted.previous:
+            self._run(lambda: self._serve(wanted.version, self.store.folder(wanted.version)))
+            return True
+        self._run(lambda: self._install(wanted))
+        return True
+
+    def rollback(self) -> str:
+        """Serve the previous version again (in the background); its name."""
+        promoted = self.store.current()
+        if promoted is None or promoted.previous is None:
+            raise ValueError("there is no previous version to roll back to")
+        previous = promoted.previous
+        self._run(lambda: self._serve(previous, self.store.folder(previous)))
+        return previous
+
+    def _run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._busy:
+                self._waiting = job  # the newest request wins; it runs after this one
+                return
+            self._busy = True
+        threading.Thread(target=self._worker, args=(job,), name="model-update", daemon=True).start()
+
+    def _worker(self, job: Callable[[], None]) -> None:
+        next_job: Callable[[], None] | None = job
+        while next_job is not None:
+            try:
+                next_job()
+            except Exception as error:  # noqa: BLE001 - any failure: report it, keep serving
+                self._set(UpdateState.FAILED, f"{type(error).__name__}: {error}"[:500])
+                log.error("model update to %s failed; still serving %s: %s",
+                          self.target, self.status()["version"], error)  # fmt: skip
+            with self._lock:
+                next_job, self._waiting = self._waiting, None
+                if next_job is None:
+                    self._busy = False
+
+    def _set(self, state: UpdateState, error: str | None = None) -> None:
+        self.state = state
+        if state is UpdateState.FAILED:
+            self.last_error = error
+        self.updated_at = _now()
+        self.on_change()
+
+    def _install(self, wanted: ModelRequest) -> None:
+        self.target = wanted.version
+        self.last_error = None
+        log.info("model update: downloading version %s", wanted.version)
+        self._set(UpdateState.DOWNLOADING)
+        staging = self.store.staging()
+        try:
+            bundle = download(wanted.url, staging / "export.zip", wanted.sha256, self.limits)
+            self._set(UpdateState.VERIFYING)
+            archive.unpack(bundle, staging / "unpacked", self.unpack_limits)
+            bundle.unlink()
+            folder = self.store.install(wanted.version, staging / "unpacked")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self._serve(wanted.version, folder)
+        except Exception:
+            self.store.discard(wanted.version)  # never left where a restart could find it
+            raise
+
+    def _serve(self, version: str, folder: Path) -> None:
+        self.target = version
+        self._set(UpdateState.VERIFYING)
+        spec = self.inspect(archive.export_folder(folder))
+        self._set(UpdateState.WARMING)
+        model = warmed_up(self.open_model(spec), version)
+        self.scorer.swap(model, self.scorer.config.model_name, version)
+        self.store.promote(version, spec.sha256)
+        log.info("model update: now serving version %s", version)
+        self.target = None
+        self._set(UpdateState.READY)

@@ -1,0 +1,133 @@
+"""Model updates in process: resumable, checked downloads from a local server (a real
+socket), and the updater swapping real ONNX Runtime sessions while refusing bad exports."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scorer.archive import ArchiveLimits
+from scorer.core import Scorer, ScorerConfig
+from scorer.model import ModelOptions, inspect_export
+from scorer.model_download import DownloadError, DownloadLimits, download
+from scorer.model_store import ModelStore
+from scorer.model_update import ModelRequest, ModelUpdater, UpdateState
+from scorer.session import open_session
+
+from tests.model_server import ModelServer, export_zip, model_server
+
+LAB = DownloadLimits(max_bytes=1 << 24, deadline_s=30, allow_http=True)
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with model_server() as running:
+        yield running
+
+
+def test_a_broken_download_resumes_where_it_stopped(server: ModelServer, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4000
+    url, digest = server.add("/m.zip", data)
+    server.cut["/m.zip"] = 300_000
+    saved = download(url, tmp_path / "m.zip", digest, LAB)
+    assert saved.read_bytes() == data
+    assert server.ranges == ["bytes=0-", "bytes=300000-"]
+    assert not (tmp_path / "m.zip.part").exists()
+
+
+def test_downloads_refuse_http_a_wrong_hash_the_size_limit_and_a_missing_file(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    url, digest = server.add("/m.zip", b"x" * 5000)
+    with pytest.raises(DownloadError, match="must be https"):
+        download(url, tmp_path / "a", digest, DownloadLimits())
+    with pytest.raises(DownloadError, match="SHA-256 is"):
+        download(url, tmp_path / "b", "0" * 64, LAB)
+    assert not (tmp_path / "b.part").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(DownloadError, match="limit is 1000"):
+        download(url, tmp_path / "c", digest, DownloadLimits(1000, 30, True))
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(server.url + "/nothing.zip", tmp_path / "d", digest, LAB)
+
+
+@pytest.fixture
+def updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
+    cache = tmp_path / "cache"
+    spec = inspect_export(demo_dir / "models" / "colors", ModelOptions(), cache)
+    scorer = Scorer(spec, ScorerConfig("colors", "image-default"))
+    scorer.load(lambda s: open_session(s, ["CPUExecutionProvider"]))
+    return ModelUpdater(
+        scorer,
+        ModelStore(tmp_path / "store"),
+        inspect=lambda folder: inspect_export(folder, ModelOptions(), cache),
+        open_model=lambda s: open_session(s, ["CPUExecutionProvider"]),
+        limits=LAB,
+        unpack_limits=ArchiveLimits(max_bytes=1 << 24),
+    )
+
+
+def _settled(updater: ModelUpdater) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = updater.status()
+        if status["state"] in (UpdateState.READY.value, UpdateState.FAILED.value):
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"the update did not settle: {updater.status()}")
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in entries.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_an_update_swaps_the_model_and_every_bad_one_leaves_it_serving(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    red = (demo_dir / "images" / "red.jpg").read_bytes()
+    url, digest = server.add("/squares.zip", export_zip(demo_dir / "models" / "squares"))
+    assert updater.request(ModelRequest("v2", url, digest))
+    status = _settled(updater)
+    assert status["state"] == "ready" and status["version"] == "v2" and not status["lastError"]
+    result = updater.scorer.score(red)
+    assert result.model_version == "v2" and result.kind == "detection"
+    assert not updater.request(ModelRequest("v2", url, digest))  # served already: nothing to do
+
+    export = export_zip(demo_dir / "models" / "colors")
+    bad = {
+        "slip": (_zip({"../evil": b"x", "model.onnx": b"x"}), None, "outside"),
+        "bomb": (_zip({"big.bin": b"\0" * 50_000_000}), None, "more than 100x"),
+        "checksum": (export, "0" * 64, "SHA-256 is"),
+        "truncated": (export[: len(export) // 2], None, "not a readable zip"),
+        "not-an-export": (_zip({"README.md": b"hello"}), None, "missing"),
+    }
+    for name, (data, claimed, why) in bad.items():
+        url, digest = server.add(f"/{name}.zip", data)
+        updater.request(ModelRequest(f"bad-{name}", url, claimed or digest))
+        status = _settled(updater)
+        assert status["state"] == "failed" and why in status["lastError"], name
+        assert status["version"] == "v2", name  # still serving what it served
+        assert updater.scorer.score(red).model_version == "v2"
+    assert sorted(p.name for p in updater.store.root.iterdir()) == ["current.json", "v2"]
+
+
+def test_rollback_serves_the_previous_version_again(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    with pytest.raises(ValueError, match="no previous version"):
+        updater.rollback()
+    for version, model in (("v2", "squares"), ("v3", "colors")):
+        url, digest = server.add(f"/{version}.zip", export_zip(demo_dir / "models" / model))
+        updater.request(ModelRequest(version, url, digest))
+        assert _settled(updater)["version"] == version
+    assert updater.rollback() == "v2"
+    status = _settled(updater)
+    assert status["version"] == "v2" and status["previous"] == "v3"
+    assert updater.scorer.score((demo_dir / "images" / "red.jpg").read_bytes()).kind == "detection"
