@@ -8,13 +8,14 @@ import hmac
 import http.server
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,78 @@ KEY = base64.b64encode(b"test-shared-access-key-0123456789").decode()
 DEVICE = "jetson-01"
 
 
+ModelBehaviour = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+class Fleet:
+    """Devices with twin tags, whose scorers answer a desired `model` as `behaviour` says;
+    evaluates deployments as IoT Hub does: a target condition picks devices, the highest
+    priority deployment sets a module's desired property, metric queries count module twins
+    (the query shapes `scripts/deploy` sends)."""
+
+    def __init__(self, tags: dict[str, dict[str, str]], behaviour: ModelBehaviour) -> None:
+        self.tags = tags
+        self.behaviour = behaviour
+
+    @staticmethod
+    def targets(condition: str, tags: dict[str, str]) -> bool:
+        if condition == "IS_DEFINED(tags.ring)":
+            return "ring" in tags
+        match = re.fullmatch(r"tags\.(\w+)='([^']*)'", condition)
+        return bool(match) and tags.get(match.group(1)) == match.group(2)
+
+    def desired_model(self, device: str, configurations: list[dict[str, Any]]) -> Any:
+        setting = [
+            c
+            for c in configurations
+            if self.targets(c["targetCondition"], self.tags[device])
+            and "properties.desired.model" in c["content"]["modulesContent"].get("scorer", {})
+        ]
+        if not setting:
+            return None
+        best = max(setting, key=lambda c: c["priority"])
+        return best["content"]["modulesContent"]["scorer"]["properties.desired.model"]
+
+    def scorer_twin(self, device: str, configurations: list[dict[str, Any]]) -> dict[str, Any]:
+        desired = self.desired_model(device, configurations)
+        reported = self.behaviour(device, desired) if desired else {}
+        return {
+            "moduleId": "scorer",
+            "properties": {"desired": {"model": desired}, "reported": {"model": reported}},
+        }
+
+    @staticmethod
+    def matches(query: str, twin: dict[str, Any]) -> bool:
+        where = query.split(" WHERE ", 1)[1]
+        for condition in where.split(" AND "):
+            path, _, literal = condition.partition(" = ")
+            value: Any = twin
+            for part in path.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value != literal.strip("'").replace("''", "'"):
+                return False
+        return True
+
+    def evaluate(self, configuration: dict[str, Any], all_of: list[dict[str, Any]]) -> None:
+        targeted = [
+            d for d, t in self.tags.items() if self.targets(configuration["targetCondition"], t)
+        ]
+        twins = [self.scorer_twin(d, all_of) for d in self.tags]
+        configuration["systemMetrics"] = {
+            "results": {"targetedCount": len(targeted), "appliedCount": len(targeted)},
+            "queries": {},
+        }
+        queries = configuration.get("metrics", {}).get("queries", {})
+        configuration["metrics"] = {
+            "queries": queries,
+            "results": {
+                name: sum(self.matches(query, twin) for twin in twins)
+                for name, query in queries.items()
+                if "moduleId = 'scorer'" in query
+            },
+        }
+
+
 class HubStub:
     """Records every request; answers like IoT Hub, or with `fail_with` when set."""
 
@@ -43,6 +116,7 @@ class HubStub:
         self.fail_with: int | None = None
         self.agent_twin: dict[str, Any] = {}
         self.configurations: dict[str, dict[str, Any]] = {}
+        self.fleet: Fleet | None = None
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -86,10 +160,12 @@ class HubStub:
         if path.endswith("/applyConfigurationContent"):
             return 204, None  # as IoT Hub answers it
         if path == "/configurations":
-            return 200, list(self.configurations.values())
+            return 200, [self.evaluated(c) for c in self.configurations.values()]
         if path.startswith("/configurations/"):
             name = path.removeprefix("/configurations/")
             if method == "PUT":
+                if name in self.configurations:  # deployments are immutable
+                    return 409, {"Message": f"ErrorCode:ConfigurationAlreadyExists;{name}"}
                 self.configurations[name] = {**body, "etag": "AAAA"}
                 return 200, self.configurations[name]
             if name not in self.configurations:
@@ -97,7 +173,7 @@ class HubStub:
             if method == "DELETE":
                 del self.configurations[name]
                 return 204, None
-            return 200, self.configurations[name]
+            return 200, self.evaluated(self.configurations[name])
         if path.endswith("/modules/$edgeAgent/methods"):
             return 200, {"status": 200, "payload": EDGE_AGENT_ANSWERS[body["methodName"]]}
         if path.endswith("/modules/$edgeAgent"):
@@ -107,6 +183,12 @@ class HubStub:
         if method == "PATCH":
             return 200, {"deviceId": DEVICE, "properties": body.get("properties", {})}
         return 404, {"Message": "no such route in the stub"}
+
+    def evaluated(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """The configuration with its metrics as IoT Hub computes them now."""
+        if self.fleet is not None:
+            self.fleet.evaluate(configuration, list(self.configurations.values()))
+        return configuration
 
     def close(self) -> None:
         self.server.shutdown()
@@ -437,3 +519,92 @@ def test_metrics_layer_deploys_as_it_is(hub: HubStub, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     content = hub.configurations["metrics"]["content"]["modulesContent"]
     assert list(content["$edgeAgent"]) == ["properties.desired.modules.metricsCollector"]
+
+
+RINGS = {"c1": "canary", "p1": "pilot", "p2": "pilot", "a1": "all", "a2": "all", "a3": "all"}
+
+
+def _ready(device: str, desired: dict[str, Any]) -> dict[str, Any]:
+    return {"version": desired["version"], "state": "ready", "target": None}
+
+
+def _rollout(hub: HubStub, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return deploy(
+        hub,
+        "rollout",
+        "start",
+        "--version",
+        version,
+        "--url",
+        f"https://models.example/{version}.zip",
+        "--sha256",
+        "AB" * 32,
+        "--poll",
+        "0.01",
+        "--ring-timeout",
+        "5",
+        *extra,
+    )
+
+
+def test_a_model_rolls_out_ring_by_ring_with_rising_priority(hub: HubStub) -> None:
+    hub.fleet = Fleet({d: {"ring": r} for d, r in RINGS.items()}, _ready)
+    result = _rollout(hub, "2026.12.1")
+    assert result.returncode == 0, result.stderr
+    created = [r["body"] for r in hub.requests if r["method"] == "PUT"]
+    assert [c["id"] for c in created] == [
+        "model-2026-12-1-canary",
+        "model-2026-12-1-pilot",
+        "model-2026-12-1-all",
+    ]
+    assert [c["priority"] for c in created] == [100, 101, 102]
+    assert [c["targetCondition"] for c in created] == [
+        "tags.ring='canary'",
+        "tags.ring='pilot'",
+        "IS_DEFINED(tags.ring)",
+    ]
+    model = created[0]["content"]["modulesContent"]["scorer"]["properties.desired.model"]
+    assert model == {
+        "version": "2026.12.1",
+        "url": "https://models.example/2026.12.1.zip",
+        "sha256": "ab" * 32,
+        "rollout": "model-2026-12-1-canary",
+    }
+    assert "1/1 ready" in result.stdout and "6/6 ready" in result.stdout
+    status = deploy(hub, "rollout", "status", "--version", "2026.12.1")
+    assert status.returncode == 0 and status.stdout.count("ready") == 3
+    assert "6/6 ready, 0 failed" in status.stdout  # the ring `all` counts every device
+
+
+def test_a_failing_canary_stops_the_rollout_and_is_rolled_back(hub: HubStub) -> None:
+    def canary_fails_v2(device: str, desired: dict[str, Any]) -> dict[str, Any]:
+        if desired["version"] == "v2" and RINGS[device] == "canary":
+            return {"version": "v1", "state": "failed", "target": "v2", "lastError": "warm-up"}
+        return _ready(device, desired)
+
+    hub.fleet = Fleet({d: {"ring": r} for d, r in RINGS.items()}, canary_fails_v2)
+    assert _rollout(hub, "v1").returncode == 0
+    failed = _rollout(hub, "v2")
+    assert failed.returncode == 1
+    assert "ring canary of v2 failed (1 device(s) failed to install v2)" in failed.stderr
+    assert "rolled back to v1" in failed.stderr
+    assert "model-v2-canary" not in hub.configurations  # deleted
+    assert "model-v2-pilot" not in hub.configurations  # never created
+    back = hub.configurations["model-v1-canary-rollback"]
+    assert back["priority"] > max(
+        c["priority"] for c in hub.configurations.values() if c is not back
+    )
+    assert back["labels"]["rollbackOf"] == "model-v2-canary"
+    assert hub.fleet.desired_model("c1", list(hub.configurations.values()))["version"] == "v1"
+
+
+def test_a_ring_that_does_not_get_ready_in_time_fails(hub: HubStub) -> None:
+    def stuck(device: str, desired: dict[str, Any]) -> dict[str, Any]:
+        return {"version": "old", "state": "downloading", "target": desired["version"]}
+
+    hub.fleet = Fleet({d: {"ring": r} for d, r in RINGS.items()}, stuck)
+    result = _rollout(hub, "v9", "--ring-timeout", "0.2")
+    assert result.returncode == 1
+    assert "not 100% ready within 0.2 s" in result.stderr
+    assert "no earlier rollout to return to" in result.stderr
+    assert hub.configurations == {}

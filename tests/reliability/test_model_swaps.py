@@ -70,11 +70,11 @@ def test_a_restart_serves_the_promoted_version_and_http_updates_need_keys(
     assert bad.status_code == 400 and "url" in bad.json()["error"]["message"]
     assert requests.post(server.url + "/admin/model", json=wanted, headers=AUTH).status_code == 202
     for _ in range(300):
-        status = requests.get(server.url + "/model", headers=AUTH).json()
-        if status["update"]["state"] == "ready" and status["version"] == "2026-11-30":
+        status = requests.get(server.url + "/admin/model", headers=AUTH).json()
+        if status["state"] == "ready" and status["version"] == "2026-11-30":
             break
         time.sleep(0.05)
-    assert status["kind"] == "detection"
+    assert requests.get(server.url + "/model", headers=AUTH).json()["kind"] == "detection"
     server.stop()
 
     again = _updatable(start_scorer, demo_dir, store)

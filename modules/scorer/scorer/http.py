@@ -226,10 +226,7 @@ def create_app(
 
     @app.get("/model")
     def model() -> Response:
-        info = scorer.model_info()
-        if updater is not None:
-            info["update"] = updater.status()
-        return jsonify(info)
+        return jsonify(scorer.model_info())  # the same as gRPC GetModel
 
     def admin() -> ModelUpdater:
         if updater is None or not keys.enabled:
