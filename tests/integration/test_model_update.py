@@ -4,6 +4,7 @@ socket), and the updater swapping real ONNX Runtime sessions while refusing bad 
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
@@ -131,3 +132,24 @@ def test_rollback_serves_the_previous_version_again(
     status = _settled(updater)
     assert status["version"] == "v2" and status["previous"] == "v3"
     assert updater.scorer.score((demo_dir / "images" / "red.jpg").read_bytes()).kind == "detection"
+
+
+def test_a_model_that_disagrees_with_its_canary_images_is_not_promoted(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    export = {p.name: p.read_bytes() for p in (demo_dir / "models" / "colors").iterdir()}
+    red = (demo_dir / "images" / "red.jpg").read_bytes()
+    for version, expected in (("agrees", "red"), ("disagrees", "blue")):
+        bundle = _zip(
+            {
+                **export,
+                "canary/red.jpg": red,
+                "canary/expected.json": json.dumps({"red.jpg": expected}).encode(),
+            }
+        )
+        url, digest = server.add(f"/{version}.zip", bundle)
+        updater.request(ModelRequest(version, url, digest))
+        status = _settled(updater)
+    assert status["state"] == "failed"
+    assert "canary images disagree: red.jpg: red (expected blue)" in status["lastError"]
+    assert status["version"] == "agrees"  # the one that agreed keeps serving

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -13,7 +14,7 @@ import pytest
 from scorer.providers import provider_works
 
 from tests.conftest import REPO
-from tests.scorer_process import scorer_env
+from tests.scorer_process import ScorerProcess, scorer_env, worker_pid
 
 
 def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -108,3 +109,22 @@ def test_a_label_mismatch_found_only_at_warm_up_stops_with_one_line(
     lines = _critical_lines(result)
     assert len(lines) == 1 and "label" in lines[0].lower()
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_master_never_loads_onnx_numpy_or_onnxruntime(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """The export is checked in a forked child; the master keeps none of what it took
+    (59 MiB of `onnx` and `numpy` before), while the worker has them all."""
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu")
+    heavy = ("onnx_cpp2py_export", "_multiarray_umath", "onnxruntime_pybind11_state")
+
+    def loaded(pid: int) -> set[str]:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        return {name for name in heavy if name in maps}
+
+    assert loaded(server.proc.pid) == set()
+    assert loaded(worker_pid(server.proc.pid)) >= {
+        "_multiarray_umath",
+        "onnxruntime_pybind11_state",
+    }

@@ -65,7 +65,7 @@ def test_the_runtime_key_names_this_machine() -> None:
 def test_a_first_engine_build_is_announced_and_ticks_until_done(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from scorer.__main__ import EngineBuildProgress
+    from scorer.worker_app import EngineBuildProgress
 
     folder = engine_cache.engine_folder(tmp_path, key())
     with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
@@ -79,7 +79,7 @@ def test_a_first_engine_build_is_announced_and_ticks_until_done(
 def test_a_restart_reuses_the_engine_it_built(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from scorer.__main__ import EngineBuildProgress
+    from scorer.worker_app import EngineBuildProgress
 
     folder = engine_cache.engine_folder(tmp_path, key())
     (folder / "TensorrtExecutionProvider_TRTKernel_graph_1_sm87.engine").write_bytes(b"x")

@@ -88,7 +88,7 @@ def test_outside_iot_edge_the_azure_sdk_is_never_imported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A scorer built without azure-iot-device (or a GPU test machine) must still start."""
-    from scorer import __main__ as entry
+    from scorer import worker_app as entry
     from scorer.settings import EDGE_VARIABLES
 
     for name in EDGE_VARIABLES:

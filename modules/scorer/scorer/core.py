@@ -287,6 +287,20 @@ class Scorer:
             raise ScoringError(Code.NOT_READY, f"the scorer is restarting: {self.failure}")
         if served is None:
             raise ScoringError(Code.NOT_READY, "the model is still loading; retry shortly")
+        result = self.score_on(served, image, options)
+        timing = result.timing
+        self.metrics.observe(
+            timing.decode_ms / 1000, timing.inference_ms / 1000, timing.total_ms / 1000
+        )
+        if self.sink is not None:
+            self.sink.publish(result)
+        return result
+
+    def score_on(
+        self, served: Served, image: bytes, options: ScoreOptions = ScoreOptions()
+    ) -> Result:
+        """`score` on a given model (the served one, or a candidate being checked), neither
+        counted in the metrics nor published."""
         if not image:
             raise ScoringError(Code.EMPTY_BODY, "no image bytes in the request")
         model, prep = served.model, served.model.spec.preprocessing
@@ -314,8 +328,7 @@ class Scorer:
         if limit:
             kept = kept[:limit]
         finished = time.perf_counter()
-        self.metrics.observe(decoded - started, inferred - decoded, finished - started)
-        result = Result(
+        return Result(
             id=str(uuid.uuid4()),
             created=datetime.datetime.now(datetime.timezone.utc)
             .isoformat(timespec="milliseconds")
@@ -329,6 +342,3 @@ class Scorer:
             ),
             provider=model.providers[0],
         )
-        if self.sink is not None:
-            self.sink.publish(result)
-        return result

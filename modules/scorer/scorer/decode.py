@@ -123,21 +123,25 @@ def yolo(output: np.ndarray, labels: Sequence[str], options: YoloOptions) -> lis
             f"grid has {channels} channels; {len(anchors)} anchors x (5 + {num_classes} labels)"
             f" needs {len(anchors) * (5 + num_classes)}"
         )
-    grid = output[0].transpose(1, 2, 0).reshape(height, width, len(anchors), 5 + num_classes)
-    tx, ty, tw, th, to = (grid[..., k] for k in range(5))
+    # A view of the output as (anchor, channel, row, column): nothing is copied.
+    grid = output[0].reshape(len(anchors), 5 + num_classes, height, width)
+    objectness = _sigmoid(grid[:, 4])
+    # A box's class probabilities are its objectness times a softmax (at most 1): one whose
+    # objectness is not above the threshold cannot pass it, so it is never decoded. The
+    # rest come in (row, column, anchor) order, as the script reads them.
+    rows, cols, anchor = np.nonzero(objectness.transpose(1, 2, 0) > options.prob_threshold)
+    cells = grid[anchor, :, rows, cols]  # (boxes, 5 + classes)
+    tx, ty = cells[:, 0], cells[:, 1]
     if options.sigmoid_xy:
         tx, ty = _sigmoid(tx), _sigmoid(ty)
-    cols = np.arange(width, dtype=np.float32)[None, :, None]
-    rows = np.arange(height, dtype=np.float32)[:, None, None]
     x = (tx + cols) / width
     y = (ty + rows) / height
-    w = np.exp(tw) * anchors[:, 0] / width
-    h = np.exp(th) * anchors[:, 1] / height
-    logits = grid[..., 5:]
+    w = np.exp(cells[:, 2]) * anchors[anchor, 0] / width
+    h = np.exp(cells[:, 3]) * anchors[anchor, 1] / height
+    logits = cells[:, 5:]
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs = exp / exp.sum(axis=-1, keepdims=True) * _sigmoid(to)[..., None]
-    boxes = np.stack([x - w / 2, y - h / 2, w, h], axis=-1).reshape(-1, 4)
-    probs = probs.reshape(-1, num_classes)
+    probs = exp / exp.sum(axis=-1, keepdims=True) * objectness[anchor, rows, cols][:, None]
+    boxes = np.stack([x - w / 2, y - h / 2, w, h], axis=-1).astype(np.float32)
     return _non_max_suppression(boxes, probs, labels, options)
 
 
@@ -151,10 +155,12 @@ def _non_max_suppression(
     threshold."""
     keep = probs.max(axis=1) > options.prob_threshold
     boxes, probs = boxes[keep], probs[keep].copy()
+    best = probs.max(axis=1)  # each box's best class probability, kept up to date
     picked: list[Prediction] = []
     limit = min(options.max_detections, len(boxes))
     while len(picked) < limit:
-        index, tag = np.unravel_index(int(np.argmax(probs)), probs.shape)
+        index = int(np.argmax(best))
+        tag = int(np.argmax(probs[index]))
         probability = float(probs[index, tag])
         if probability < options.prob_threshold:
             break
@@ -162,8 +168,8 @@ def _non_max_suppression(
         picked.append(
             Prediction(
                 probability,
-                int(tag),
-                labels[int(tag)],
+                tag,
+                labels[tag],
                 _box_from_corners(left, top, left + width, top + height),
             )
         )
@@ -173,4 +179,5 @@ def _non_max_suppression(
             probs[overlapping, tag] = 0.0
         else:
             probs[overlapping, :] = 0.0
+        best[overlapping] = probs[overlapping].max(axis=1)  # only those rows changed
     return picked

@@ -40,3 +40,15 @@ class ScoringError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class ModelError(ValueError):
+    """The export cannot be served; the message names the file and the problem."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one log line: our errors say it all; others also name their type."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (ModelError, RuntimeError)):
+        return text
+    return f"{type(error).__name__}: {text}"

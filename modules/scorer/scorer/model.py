@@ -11,8 +11,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ import onnx
 from onnx import TensorProto
 
 from . import decode, rewrites, upgrade
+from .cache import cache_root
+from .errors import ModelError as ModelError  # where callers have always found it
 from .imaging import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ SIDECAR_METADATA_FILE = "metadata_properties.json"
 BOX_OUTPUTS = ("detected_boxes", "detected_scores", "detected_classes")
 _META = "CustomVision.Preprocess."
 _YOLO = "CustomVision.Postprocess.Yolo."
-
-
-class ModelError(ValueError):
-    """The export cannot be served; the message names the file and the problem."""
 
 
 class ModelKind(enum.Enum):
@@ -381,19 +377,6 @@ def _yolo_options(
         prob_threshold=options.yolo_prob_threshold,
         max_detections=options.yolo_max_detections,
     )
-
-
-def cache_root(directory: Path, configured: Path | None) -> Path:
-    """The configured cache, else `.cache` beside the model, else a temporary folder.
-
-    Under IoT Edge the model folder is mounted read-only and the cache is a volume of its own.
-    """
-    if configured is not None:
-        return configured
-    candidate = directory / ".cache"
-    if os.access(directory, os.W_OK) or os.access(candidate, os.W_OK):
-        return candidate
-    return Path(tempfile.gettempdir()) / "scorer-cache"
 
 
 def _free_image_dims(

@@ -15,6 +15,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .cache import cache_root
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 POINTER = "current.json"
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -50,6 +56,12 @@ class ModelStore:
     def __init__(self, root: Path, keep: int = 2) -> None:
         self.root = root
         self.keep = max(2, keep)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ModelStore:
+        """`SCORER_MODEL_STORE`, else `models/` in the cache."""
+        root = settings.model_store or cache_root(settings.model_dir, settings.cache_dir) / "models"
+        return cls(root, settings.model_keep)
 
     def folder(self, version: str) -> Path:
         return self.root / check_version(version)

@@ -1,5 +1,6 @@
 """Model updates while serving: download, check, unpack, load and warm a new export in the
-background, then swap it in; the current model answers every request until then.
+background, check it on the export's canary images if it has any, then swap it in; the
+current model answers every request until then.
 
 A failure at any step leaves the current model serving and is reported (`state: failed`,
 `lastError`). One update runs at a time; a request that arrives meanwhile runs after it
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import json
 import logging
 import re
 import shutil
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import archive
-from .core import Scorer, warmed_up
+from .core import ScoreOptions, Scorer, Served, warmed_up
 from .model import ModelSpec
 from .model_download import DownloadLimits, download
 from .model_store import ModelStore, check_version
@@ -30,6 +32,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+CANARY = Path("canary") / "expected.json"  # in the export: {"image file": "expected top tag"}
+
+
+class CanaryFailed(ValueError):
+    """The new model's top tags disagree with those its export expects."""
+
+
+def check_canary(scorer: Scorer, candidate: Served, export: Path) -> int:
+    """Score the export's canary images (if it has any) on the candidate before it is
+    promoted; raise CanaryFailed naming the images whose top tag differs. How many passed."""
+    expected_file = export / CANARY
+    if not expected_file.is_file():
+        return 0
+    expected = json.loads(expected_file.read_text())
+    if not isinstance(expected, dict) or not all(
+        isinstance(k, str) and "/" not in k and isinstance(v, str) for k, v in expected.items()
+    ):
+        raise CanaryFailed(f"{CANARY}: expected {{image file name: top tag}}")
+    wrong = []
+    for name, tag in expected.items():
+        result = scorer.score_on(
+            candidate, (expected_file.parent / name).read_bytes(), ScoreOptions(threshold=0.0)
+        )
+        top = result.predictions[0].tag_name if result.predictions else None
+        if top != tag:
+            wrong.append(f"{name}: {top} (expected {tag})")
+    if wrong:
+        raise CanaryFailed(f"canary images disagree: {'; '.join(wrong[:5])}")
+    return len(expected)
 
 
 class UpdateState(str, enum.Enum):
@@ -191,10 +222,14 @@ class ModelUpdater:
     def _serve(self, version: str, folder: Path) -> None:
         self.target = version
         self._set(UpdateState.VERIFYING)
-        spec = self.inspect(archive.export_folder(folder))
+        export = archive.export_folder(folder)
+        spec = self.inspect(export)
         self._set(UpdateState.WARMING)
         model = warmed_up(self.open_model(spec), version)
-        self.scorer.swap(model, self.scorer.config.model_name, version)
+        candidate = Served(model, self.scorer.config.model_name, version)
+        if checked := check_canary(self.scorer, candidate, export):
+            log.info("model update: %d canary images agree with version %s", checked, version)
+        self.scorer.swap(model, candidate.name, version)
         self.store.promote(version, spec.sha256)
         log.info("model update: now serving version %s", version)
         self.target = None

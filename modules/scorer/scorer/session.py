@@ -6,6 +6,7 @@ then forked aborts at exit in the child (std::system_error from ORT's static sta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -52,10 +53,22 @@ class LoadedModel:
         self.decode(self.run(blank))
 
 
+@dataclasses.dataclass(frozen=True)
+class Threading:
+    """ONNX Runtime's intra-op thread pool: its size (0: one thread per core) and whether its
+    threads spin after a run. Spinning answers a lone request sooner on a quiet device;
+    not spinning leaves the cores to the front end and the cameras under load
+    (docs/BENCHMARKS.md has the figures)."""
+
+    intra_op_threads: int = 0
+    spinning: bool = True
+
+
 def open_session(
     spec: ModelSpec,
     provider_list: list[str | tuple[str, dict[str, Any]]],
     log_level: int = logging.INFO,
+    threads: Threading = Threading(),
 ) -> LoadedModel:
     """Create the session with the given providers, ONNX Runtime's logs through `logging`."""
     severity = providers.ort_severity(log_level)
@@ -63,6 +76,10 @@ def open_session(
     options = ort.SessionOptions()
     options.log_severity_level = severity
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads.intra_op_threads
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if threads.spinning else "0"
+    )
     try:
         session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors

@@ -178,6 +178,12 @@ class Settings:
     )
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
+    ort_intra_threads: int = _setting(
+        0, _non_negative_int, "ONNX Runtime intra-op threads (0: one per core)"
+    )
+    ort_spinning: bool = _setting(
+        True, _bool, "intra-op threads spin after a run: quicker alone, costly under load"
+    )
     default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
     default_max_predictions: int = _setting(0, _non_negative_int, "0 means all")
     pixel_format: str = _setting("auto", _choice("auto", "Rgb8", "Bgr8"), "override colour order")

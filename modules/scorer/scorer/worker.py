@@ -30,7 +30,7 @@ from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, ParseExc
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import Code, error_document
-from .http import HTTP_STATUS, printable
+from .http_errors import HTTP_STATUS, printable
 from .request_frame import Progress, RequestFrame
 
 log = logging.getLogger("scorer.http")

@@ -1,0 +1,283 @@
+"""What gunicorn's worker builds after the fork: the model's session, the scorer, its gRPC
+server, the IoT Edge publisher, model updates and the Flask app.
+
+Everything heavy (ONNX, ONNX Runtime, numpy, Flask, gRPC, the Azure SDK) is imported from
+here, never by the master (`__main__`), which only checks, forks and supervises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gunicorn.arbiter import Arbiter
+
+from . import engine_cache
+from .archive import ArchiveLimits
+from .auth import ApiKeys
+from .cache import cache_root
+from .core import Scorer, ScorerConfig
+from .errors import one_line
+from .fetch import FetchPolicy
+from .http import create_app
+from .imaging import DecodeLimits
+from .model import ModelOptions, ModelSpec, YoloResize, inspect_export
+from .model_download import DownloadLimits
+from .model_store import ModelStore
+from .settings import Settings, run_by_iot_edge
+from .tls import TlsSource
+from .watchdog import Watchdog
+
+if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
+    from flask import Flask
+
+    from .session import LoadedModel
+
+log = logging.getLogger("scorer")
+
+
+def model_options(settings: Settings) -> ModelOptions:
+    """The per-model choices the settings make."""
+    return ModelOptions(
+        pixel_format=settings.pixel_format,
+        pixel_range=settings.pixel_range,
+        yolo_sigmoid_xy=settings.yolo_sigmoid_xy,
+        yolo_nms_per_class=settings.yolo_nms == "per_class",
+        yolo_max_detections=settings.yolo_max_detections,
+        yolo_prob_threshold=settings.yolo_prob_threshold,
+        yolo_resize=YoloResize(settings.yolo_resize),
+    )
+
+
+def scorer_config(settings: Settings, spec: ModelSpec, version: str | None = None) -> ScorerConfig:
+    """The core's configuration from the settings (`version`: the store's, when it serves)."""
+    name = settings.model_name or (
+        spec.directory.resolve().name if version is None else settings.model_dir.resolve().name
+    )
+    return ScorerConfig(
+        model_name=name,
+        model_version=version or settings.model_version or spec.sha256[:12],
+        limits=DecodeLimits(
+            settings.max_image_pixels, settings.jpeg_draft, settings.max_decode_bytes
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        default_threshold=settings.default_threshold,
+        default_max_predictions=settings.default_max_predictions,
+        max_inflight=settings.max_inflight,
+        decode_budget_bytes=settings.decode_budget_bytes,
+    )
+
+
+def tensorrt_options(
+    settings: Settings, spec: ModelSpec, onnxruntime_version: str
+) -> dict[str, Any]:
+    """TensorRT's options, its engine cache in a folder keyed by model, runtime and GPU."""
+    from . import providers
+
+    if not providers.gpu_device_nodes():
+        return providers.tensorrt_options(settings.trt_fp16, None)  # no GPU: nothing to cache
+    root = cache_root(spec.directory, settings.cache_dir)
+    key = engine_cache.runtime_key(spec.sha256, onnxruntime_version, settings.trt_fp16)
+    try:
+        folder: Path | None = engine_cache.engine_folder(root, key)
+    except OSError as error:
+        # Without a cache TensorRT still runs; it rebuilds its engine at every start.
+        log.warning("TensorRT engine cache not writable (%s): engines are not kept", error)
+        folder = None
+    return providers.tensorrt_options(settings.trt_fp16, folder)
+
+
+class EngineBuildProgress:
+    """Logs while a first TensorRT engine build runs (minutes on a Jetson) before ready."""
+
+    def __init__(self, folder: str | None, interval_s: float = 30.0) -> None:
+        self.folder = Path(folder) if folder else None
+        self.building = self.folder is not None and not engine_cache.has_engine(self.folder)
+        self.interval_s = interval_s
+        self.done = threading.Event()
+        self.started = time.monotonic()
+
+    def __enter__(self) -> EngineBuildProgress:
+        if self.building:
+            log.info(
+                "building the TensorRT engine into %s (first start with this model, runtime "
+                "and GPU; minutes on a Jetson); ready when done",
+                self.folder,
+            )
+            threading.Thread(target=self._tick, name="engine-progress", daemon=True).start()
+        elif self.folder is not None:
+            log.info("reusing the TensorRT engine in %s", self.folder)
+        return self
+
+    def _tick(self) -> None:
+        while not self.done.wait(self.interval_s):
+            log.info("still building the TensorRT engine (%.0f s)", self.elapsed())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.building and exc[0] is None:
+            log.info("TensorRT engine built in %.0f s and cached", self.elapsed())
+
+
+def session_opener(
+    settings: Settings, chosen: list[str | tuple[str, dict[str, Any]]]
+) -> Callable[[ModelSpec], LoadedModel]:
+    """Opens a session for any model on the providers chosen at start; TensorRT's engine
+    cache folder follows each model's hash."""
+    import onnxruntime
+
+    from . import providers, session
+
+    level = logging.getLevelName(settings.log_level)
+
+    def open_model(spec: ModelSpec) -> LoadedModel:
+        per_model = [
+            (providers.TENSORRT, tensorrt_options(settings, spec, onnxruntime.__version__))
+            if isinstance(p, tuple) and p[0] == providers.TENSORRT
+            else p
+            for p in chosen
+        ]
+        threads = session.Threading(settings.ort_intra_threads, settings.ort_spinning)
+        return session.open_session(spec, per_model, level, threads)
+
+    return open_model
+
+
+def load_model(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> None:
+    """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn.
+    The opener goes into `opened` for model updates."""
+    # Imported here, in the worker after the fork, never in the master: see session.py.
+    import onnxruntime
+
+    from . import providers
+
+    try:
+        trt = tensorrt_options(settings, scorer.spec, onnxruntime.__version__)
+        chosen, fallbacks = providers.resolve(settings.providers, trt)
+        scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
+        uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
+        open_model = session_opener(settings, chosen)
+        opened.append(open_model)
+        with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
+            scorer.load(open_model)
+    except Exception as error:
+        log.critical("cannot start: %s", one_line(error))
+        log.debug("why the model could not be loaded", exc_info=True)
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def model_updater(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> Any:
+    """Installs and swaps in new model versions (twin `model`, or the admin route)."""
+    from .model_update import ModelUpdater
+
+    def open_model(spec: ModelSpec) -> LoadedModel:
+        if not opened:
+            raise RuntimeError("the first model is still loading")
+        result: LoadedModel = opened[0](spec)
+        return result
+
+    return ModelUpdater(
+        scorer,
+        ModelStore.for_settings(settings),
+        inspect=lambda folder: inspect_export(folder, model_options(settings), settings.cache_dir),
+        open_model=open_model,
+        limits=DownloadLimits(
+            settings.model_max_bytes, settings.model_download_timeout_s, settings.model_allow_http
+        ),
+        unpack_limits=ArchiveLimits(max_bytes=settings.model_max_bytes),
+    )
+
+
+def end_the_process(reason: str) -> None:
+    """Leave at once with a failing status: gunicorn's master stops too, and IoT Edge (or
+    whoever runs the scorer) starts it again on a fresh session and device context."""
+    os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def start_grpc(scorer: Scorer, settings: Settings, tls: TlsSource | None) -> Any:
+    """Start the gRPC server on the worker's scorer; a port it cannot bind ends the worker."""
+    # Imported after the fork, like onnxruntime: gRPC's core must not run in the master.
+    from .rpc import create_server
+
+    try:
+        server, port = create_server(
+            scorer,
+            f"{settings.host}:{settings.grpc_port}",
+            settings.grpc_max_calls,
+            ApiKeys(settings.api_keys),
+            tls,
+        )
+    except RuntimeError as error:
+        log.critical("cannot start: %s", error)
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+    server.start()
+    log.info("gRPC listening on %s:%d", settings.host, port)
+    return server
+
+
+def start_edge(scorer: Scorer, settings: Settings, updater: Any) -> Any:
+    """Publish results to IoT Edge when run by it (or asked to); None otherwise."""
+    if settings.edge == "off" or (settings.edge == "auto" and not run_by_iot_edge()):
+        return None
+    # Imported only here: outside IoT Edge the Azure SDK is not even loaded.
+    from . import edge
+
+    publisher = edge.EdgePublisher(
+        scorer,
+        updater,
+        output=settings.edge_output,
+        queue_size=settings.edge_queue_size,
+        call_timeout_s=settings.edge_call_timeout_s,
+        recreate_after_s=settings.edge_recreate_after_s,
+        report_interval_s=settings.edge_report_interval_s,
+    )
+    scorer.sink = publisher.results
+    publisher.start()
+    return publisher
+
+
+@dataclasses.dataclass
+class Serving:
+    """What the worker runs: the app for gunicorn's threads and the parts beside it."""
+
+    app: Flask
+    scorer: Scorer
+    grpc_server: Any
+    edge_publisher: Any
+
+
+def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource | None) -> Serving:
+    """Build the scorer and load its model in the background; start gRPC, IoT Edge and the
+    watchdog; return the Flask app. An export that cannot be read ends the worker."""
+    try:
+        spec = inspect_export(folder, model_options(settings), settings.cache_dir)
+    except Exception as error:  # noqa: BLE001 - any failure to read it ends the worker
+        log.critical("cannot start: %s", one_line(error))
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
+    scorer = Scorer(spec, scorer_config(settings, spec, version))
+    opened: list[Callable[..., Any]] = []
+    threading.Thread(
+        target=load_model, args=(scorer, settings, opened), name="model-loader", daemon=True
+    ).start()
+    updater = model_updater(scorer, settings, opened)
+    Watchdog(scorer, settings.inference_timeout_s, end_the_process).start()
+    grpc_server = start_grpc(scorer, settings, tls)
+    if tls is not None:
+        tls.keep_renewing()  # in the worker: its HTTP context and gRPC follow
+    edge_publisher = start_edge(scorer, settings, updater)
+    policy = None
+    if settings.url_enabled:
+        policy = FetchPolicy(
+            settings.url_allowed_hosts, settings.max_body_bytes, settings.url_timeout_s
+        )
+    app = create_app(scorer, policy, ApiKeys(settings.api_keys), updater)
+    return Serving(app, scorer, grpc_server, edge_publisher)
