@@ -12,8 +12,10 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 
-# Routes and gRPC services a probe may call without a key.
-OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz"})
+# Routes a probe (or a browser before it has the key) may call without a key: health, and
+# the operator's page and API document, which hold no data (the page asks for the key).
+OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json"})
+OPEN_HTTP_PREFIXES = ("/ui/",)  # the page's scripts and styles
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
 CHALLENGE = 'Bearer realm="scorer"'
 
@@ -49,6 +51,11 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return headers.get("prediction-key") or headers.get("Prediction-Key") or None
+
+
+def is_open(path: str) -> bool:
+    """Whether an HTTP path is served without a key."""
+    return path in OPEN_HTTP_PATHS or path.startswith(OPEN_HTTP_PREFIXES)
 
 
 NO_KEYS = ApiKeys(())  # the default: every request is let through

@@ -6,19 +6,21 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .auth import CHALLENGE, NO_KEYS, OPEN_HTTP_PATHS, ApiKeys, presented_key
+from . import openapi
+from .auth import CHALLENGE, NO_KEYS, ApiKeys, is_open, presented_key
 from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
 from .http_errors import HTTP_STATUS, printable
 from .model_update import ModelRequest, ModelUpdater
-from .openapi import CONTAINER_PREFIXES
+from .openapi import API_VERSION, CONTAINER_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ RAW_IMAGE_TYPES = (
     "application/octet-stream",
 )
 MULTIPART = "multipart/form-data"
+PAGES = Path(__file__).parent / "static"  # the operator's page: plain HTML, CSS and JS
 MAX_FORM_PARTS = 16  # an image and a few fields; werkzeug's default is 1,000
 
 
@@ -127,7 +130,7 @@ def create_app(
     """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off; with `keys`,
     every route but health and readiness needs one of them, and `/admin/model` (updates
     through `updater`) exists only then."""
-    app = Flask("scorer")
+    app = Flask("scorer", static_folder=str(PAGES), static_url_path="/ui")
     app.config["MAX_CONTENT_LENGTH"] = scorer.config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
 
@@ -178,6 +181,18 @@ def create_app(
                 methods=["POST"],
                 endpoint=f"url:{prefix}{suffix}",
             )
+
+    @app.get("/")
+    def page() -> Response:
+        return app.send_static_file("index.html")
+
+    @app.get("/docs")
+    def reference() -> Response:
+        return app.send_static_file("docs.html")
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return jsonify(openapi.document(API_VERSION))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -242,7 +257,7 @@ def create_app(
     @app.before_request
     def authenticate() -> None:
         headers = {name.lower(): value for name, value in request.headers.items()}
-        if request.path in OPEN_HTTP_PATHS or keys.accepts(presented_key(headers)):
+        if is_open(request.path) or keys.accepts(presented_key(headers)):
             return
         scorer.metrics.error(Code.UNAUTHENTICATED.value)
         raise ScoringError(

@@ -14,6 +14,7 @@ from .errors import Code
 from .http_errors import HTTP_STATUS
 
 # The routes of Custom Vision's exported container, so its clients only change the address.
+API_VERSION = "1.0.0"  # of this HTTP contract; raised when it changes
 CONTAINER_PREFIXES = (
     "",
     "/<project>",
@@ -21,7 +22,8 @@ CONTAINER_PREFIXES = (
     "/<project>/detect/iterations/<published_name>",
 )
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "application/octet-stream")
-SECURED: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"predictionKey": []}]  # a key is needed only when keys are set
+# A key is needed only when keys are set: no security, or either scheme.
+SECURED: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"predictionKey": []}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {

@@ -61,7 +61,7 @@ class Threading:
     (docs/BENCHMARKS.md has the figures)."""
 
     intra_op_threads: int = 0
-    spinning: bool = True
+    spinning: bool = False
 
 
 def open_session(

@@ -182,7 +182,7 @@ class Settings:
         0, _non_negative_int, "ONNX Runtime intra-op threads (0: one per core)"
     )
     ort_spinning: bool = _setting(
-        True, _bool, "intra-op threads spin after a run: quicker alone, costly under load"
+        False, _bool, "intra-op threads spin after a run (docs/BENCHMARKS.md: off is cheaper)"
     )
     default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
     default_max_predictions: int = _setting(0, _non_negative_int, "0 means all")
