@@ -10,6 +10,7 @@ import requests
 from tests.edge.conftest import EdgeDevice, ModuleProcess
 from tests.edge.harness import wait_for
 from tests.edge.test_relay_edge import relay_settings
+from tests.model_server import export_zip, model_server
 from tests.scorer_process import LISTENING
 
 
@@ -182,3 +183,47 @@ def test_scorer_replies_during_an_outage_counts_drops_and_recovers(
         30,
         f"results to flow again after the outage\n{scorer.log}",
     )
+
+
+def test_a_model_update_through_the_twin_is_reported_and_rolled_back_by_method(
+    device: EdgeDevice, demo_dir: Path
+) -> None:
+    """The scorer's desired `model`: every state reported, the new version answering, a bad
+    one refused while the good one serves, `rollbackModel` returning to the one before."""
+    device.module("relay", **relay_settings(device))
+    device.wait_connected("relay")
+    _, url = start_scorer(device, demo_dir, SCORER_MODEL_ALLOW_HTTP="true")
+    red = (demo_dir / "images" / "red.jpg").read_bytes()
+
+    def model() -> dict:
+        return device.hub.reported["scorer"].get("model", {})
+
+    with model_server() as models:
+        for version, folder in (("v2", "squares"), ("v3", "colors")):
+            link, digest = models.add(f"/{version}.zip", export_zip(demo_dir / "models" / folder))
+            device.hub.set_desired(
+                "scorer", {"model": {"version": version, "url": link, "sha256": digest}}
+            )
+            wait_for(
+                lambda v=version: model().get("version") == v and model().get("state") == "ready",
+                60,
+                f"{version} reported ready",
+            )
+        answer = requests.post(url + "/score", data=red, headers={"Content-Type": "image/jpeg"})
+        assert answer.json()["model"]["version"] == "v3"
+        assert model()["previous"] == "v2" and model()["kind"] == "classification"
+
+        link, _ = models.add("/bad.zip", b"not a zip")
+        device.hub.set_desired(
+            "scorer", {"model": {"version": "v4", "url": link, "sha256": "0" * 64}}
+        )
+        wait_for(lambda: model().get("state") == "failed", 60, "the bad update reported failed")
+        assert "SHA-256" in model()["lastError"] and model()["version"] == "v3"
+
+    status, answer = device.hub.call("scorer", "rollbackModel", {})
+    assert status == 202 and answer == {"rollingBackTo": "v2"}
+    wait_for(lambda: model().get("version") == "v2", 60, "the rollback reported")
+    answer = requests.post(url + "/score", data=red, headers={"Content-Type": "image/jpeg"})
+    assert answer.json()["model"] == {"kind": "detection", "name": "colors", "version": "v2"}
+    status, answer = device.hub.call("scorer", "getModel", {})
+    assert status == 200 and answer["version"] == "v2" and answer["state"] == "ready"

@@ -51,3 +51,33 @@ def test_it_is_valid_openapi_3_1() -> None:
     assert len(list(schema.get_all_operations())) == sum(
         len(methods) for methods in document(API_VERSION)["paths"].values()
     )
+
+
+def test_the_relays_own_metrics_are_what_the_page_reads() -> None:
+    """The scorer parses the relay's /metrics as the relay renders it (both modules' code)."""
+    from relay.metrics import render
+    from scorer.relay_status import parse
+
+    stats = {
+        "queued": 3,
+        "queuedBytes": 900,
+        "sent": 40,
+        "upstreamMessages": 12,
+        "deliveryStalledSeconds": 0.0,
+        "dropped": 1,
+        "droppedAlerts": 0,
+        "results": 100,
+        "alerts": 2,
+        "duplicates": 0,
+        "rejected": 5,
+        "lastSentTime": "2026-11-30T01:00:00.000Z",
+    }
+    assert parse(render(stats)) == {
+        "queued": 3.0,
+        "sent": 40.0,
+        "upstreamMessages": 12.0,
+        "dropped": 1.0,
+        "rejected": 5.0,
+        "deliveryStalledSeconds": 0.0,
+        "lastSentTimestamp": 1796000400.0,
+    }

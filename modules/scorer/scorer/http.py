@@ -126,6 +126,7 @@ def create_app(
     fetch_policy: FetchPolicy | None = None,
     keys: ApiKeys = NO_KEYS,
     updater: ModelUpdater | None = None,
+    edge_status: Callable[[], dict[str, Any]] | None = None,
 ) -> Flask:
     """A Flask app around one scorer; `fetch_policy` None keeps `POST /url` off; with `keys`,
     every route but health and readiness needs one of them, and `/admin/model` (updates
@@ -193,6 +194,11 @@ def create_app(
     @app.get("/openapi.json")
     def openapi_document() -> Response:
         return jsonify(openapi.document(API_VERSION))
+
+    @app.get("/edge")
+    def edge() -> Response:
+        """The IoT Edge publisher's and the relay's state, for the page (nulls outside it)."""
+        return jsonify(edge_status() if edge_status else {"publisher": None, "relay": None})
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -115,6 +115,21 @@ SCHEMAS: dict[str, Any] = {
             "ready": {"type": "boolean"},
         },
     },
+    "EdgeStatus": {
+        "type": "object",
+        "required": ["publisher", "relay"],
+        "properties": {
+            "publisher": {
+                "type": ["object", "null"],
+                "description": "results to the output `results`: connected, queued, sent, dropped",
+            },
+            "relay": {
+                "type": ["object", "null"],
+                "description": "from the relay's /metrics: reachable, queued, sent, dropped, ...",
+                "properties": {"reachable": {"type": "boolean"}},
+            },
+        },
+    },
     "ModelRequest": {
         "type": "object",
         "required": ["version", "url", "sha256"],
@@ -273,6 +288,16 @@ def document(version: str) -> dict[str, Any]:
                 "security": SECURED,
                 "responses": {
                     "200": _json("Model", "kind, labels, input, providers, hash"),
+                    **_errors(Code.UNAUTHENTICATED),
+                },
+            }
+        },
+        "/edge": {
+            "get": {
+                "summary": "The IoT Edge publisher's and the relay's state (nulls outside it)",
+                "security": SECURED,
+                "responses": {
+                    "200": _json("EdgeStatus", "publisher and relay"),
                     **_errors(Code.UNAUTHENTICATED),
                 },
             }

@@ -230,6 +230,11 @@ class Settings:
     edge_call_timeout_s: float = _setting(10.0, _positive_float, "time limit of one SDK call")
     edge_recreate_after_s: float = _setting(60.0, _positive_float, "broken link: new client after")
     edge_report_interval_s: float = _setting(30.0, _positive_float, "reported properties period")
+    relay_metrics_url: str = _setting(
+        "",
+        str,
+        "the relay's /metrics, shown on the page (under IoT Edge: http://relay:9601/metrics)",
+    )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
     @classmethod

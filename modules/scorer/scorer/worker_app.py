@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.arbiter import Arbiter
 
-from . import engine_cache
+from . import engine_cache, relay_status
 from .archive import ArchiveLimits
 from .auth import ApiKeys
 from .cache import cache_root
@@ -245,6 +245,20 @@ def start_edge(scorer: Scorer, settings: Settings, updater: Any) -> Any:
     return publisher
 
 
+def edge_status(publisher: Any, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """What the page shows of IoT Edge: the publisher's state and the relay's, if reachable
+    (None for what does not run here)."""
+
+    def status() -> dict[str, Any]:
+        url = settings.relay_metrics_url
+        return {
+            "publisher": publisher.status()["publisher"] if publisher is not None else None,
+            "relay": relay_status.fetch(url) if url and publisher is not None else None,
+        }
+
+    return status
+
+
 @dataclasses.dataclass
 class Serving:
     """What the worker runs: the app for gunicorn's threads and the parts beside it."""
@@ -279,5 +293,7 @@ def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource 
         policy = FetchPolicy(
             settings.url_allowed_hosts, settings.max_body_bytes, settings.url_timeout_s
         )
-    app = create_app(scorer, policy, ApiKeys(settings.api_keys), updater)
+    app = create_app(
+        scorer, policy, ApiKeys(settings.api_keys), updater, edge_status(edge_publisher, settings)
+    )
     return Serving(app, scorer, grpc_server, edge_publisher)

@@ -243,10 +243,33 @@ async function checkHealth() {
       }
       return row;
     }));
+    await showEdge();
   } catch (error) {
     $("readiness").textContent = "unreachable";
     $("readiness").className = "badge bad";
   }
+}
+
+async function showEdge() {
+  const edge = await (await api("/edge")).json();
+  $("edge-panel").hidden = !edge.publisher;
+  if (!edge.publisher) return;
+  const p = edge.publisher;
+  const rows = [
+    ["publisher", p.connected ? "connected to edgeHub" : "not connected"],
+    ["results sent / queued / dropped", `${p.sent} / ${p.queued} / ${p.dropped}`],
+  ];
+  if (p.lastError) rows.push(["last error", p.lastError]);
+  const r = edge.relay;
+  if (!r) rows.push(["relay", "not configured (SCORER_RELAY_METRICS_URL)"]);
+  else if (!r.reachable) rows.push(["relay", `unreachable: ${r.error}`]);
+  else {
+    rows.push(["relay queued", String(r.queued)],
+      ["relay sent / upstream messages", `${r.sent} / ${r.upstreamMessages}`],
+      ["relay dropped / rejected", `${r.dropped} / ${r.rejected}`],
+      ["relay delivery stalled", `${r.deliveryStalledSeconds} s`]);
+  }
+  fill($("edge"), rows);
 }
 
 // --- wiring ---------------------------------------------------------------------------------
