@@ -99,8 +99,9 @@ def classification_model(fp16: bool) -> onnx.ModelProto:
     )
 
 
-def _colour_box(nodes: list[onnx.NodeProto], label: str, channel: int) -> tuple[str, str]:
-    """Nodes computing the [1,4] box and [1] score of one colour's saturated pixels."""
+def _saturated_mask(nodes: list[onnx.NodeProto], label: str, channel: int) -> str:
+    """Nodes computing `<label>_mask`: 1.0 where the channel is saturated and the others
+    dark (from the channels `ch0..ch2` and the constants `saturated` and `dark`)."""
     p = f"{label}_"
     others = [c for c in range(3) if c != channel]
     nodes += [
@@ -110,6 +111,15 @@ def _colour_box(nodes: list[onnx.NodeProto], label: str, channel: int) -> tuple[
         helper.make_node("And", [p + "hi", p + "lo0"], [p + "and"]),
         helper.make_node("And", [p + "and", p + "lo1"], [p + "mask_b"]),
         helper.make_node("Cast", [p + "mask_b"], [p + "mask"], to=TensorProto.FLOAT),
+    ]
+    return p + "mask"
+
+
+def _colour_box(nodes: list[onnx.NodeProto], label: str, channel: int) -> tuple[str, str]:
+    """Nodes computing the [1,4] box and [1] score of one colour's saturated pixels."""
+    p = f"{label}_"
+    _saturated_mask(nodes, label, channel)
+    nodes += [
         helper.make_node("ReduceMax", [p + "mask"], [p + "cols"], axes=[0, 1, 2], keepdims=0),
         helper.make_node("ReduceMax", [p + "mask"], [p + "rows"], axes=[0, 1, 3], keepdims=0),
         helper.make_node("ArgMax", [p + "cols"], [p + "x1i"], axis=0, keepdims=1),
@@ -214,19 +224,7 @@ def _yolo_head_weights() -> tuple[np.ndarray, np.ndarray]:
 def yolo_model() -> onnx.ModelProto:
     """Saturated-colour boxes as a YOLOv2-head export (RGB, 0..1)."""
     nodes = [helper.make_node("Split", ["data", "split3"], ["ch0", "ch1", "ch2"], axis=1)]
-    masks = []
-    for channel, label in enumerate(LABELS):
-        p = f"{label}_"
-        others = [c for c in range(3) if c != channel]
-        nodes += [
-            helper.make_node("Greater", [f"ch{channel}", "saturated"], [p + "hi"]),
-            helper.make_node("Less", [f"ch{others[0]}", "dark"], [p + "lo0"]),
-            helper.make_node("Less", [f"ch{others[1]}", "dark"], [p + "lo1"]),
-            helper.make_node("And", [p + "hi", p + "lo0"], [p + "and"]),
-            helper.make_node("And", [p + "and", p + "lo1"], [p + "mask_b"]),
-            helper.make_node("Cast", [p + "mask_b"], [p + "mask"], to=TensorProto.FLOAT),
-        ]
-        masks.append(p + "mask")
+    masks = [_saturated_mask(nodes, label, channel) for channel, label in enumerate(LABELS)]
     half = YOLO_BOX_CELLS // 2
     nodes += [
         helper.make_node("Concat", masks, ["masks"], axis=1),

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edgelink.desired import apply_fields, flag, probability, whole_number
+
 # IoT Hub's device-to-cloud message limit; bodies are kept under it with room for properties.
 MAX_MESSAGE_BYTES = 256 * 1024
 PROPERTY_ALLOWANCE = 4 * 1024
@@ -65,12 +67,6 @@ class Policy:
         }
 
 
-def _probability(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError("must be a number from 0 to 1")
-    return float(value)
-
-
 def _labels(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of label names")
@@ -85,7 +81,7 @@ def _alerts(value: Any) -> tuple[AlertRule, ...]:
         if not isinstance(item, Mapping) or not isinstance(item.get("label"), str):
             raise ValueError('each alert needs a "label" string')
         threshold = item.get("minProbability")
-        rule_threshold = None if threshold is None else _probability(threshold)
+        rule_threshold = None if threshold is None else probability(threshold)
         rules.append(AlertRule(item["label"], rule_threshold))
     return tuple(rules)
 
@@ -94,12 +90,6 @@ def _window(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
         raise ValueError("must be a number of seconds, 1 or more")
     return float(value)
-
-
-def _per_minute(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be a whole number, 0 or more")
-    return value
 
 
 def _seconds(value: Any) -> float:
@@ -114,22 +104,16 @@ def _batch_seconds(value: Any) -> float:
     return float(value)
 
 
-def _switch(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
 DESIRED_FIELDS = {
-    "minProbability": ("min_probability", _probability),
+    "minProbability": ("min_probability", probability),
     "labels": ("labels", _labels),
     "alerts": ("alerts", _alerts),
     "summaryWindowSeconds": ("summary_window_s", _window),
-    "maxMessagesPerMinute": ("max_messages_per_minute", _per_minute),
+    "maxMessagesPerMinute": ("max_messages_per_minute", whole_number),
     "alertCooldownSeconds": ("alert_cooldown_s", _seconds),
     "maxMessageAgeSeconds": ("max_message_age_s", _seconds),
     "resultBatchSeconds": ("result_batch_s", _batch_seconds),
-    "sendRejected": ("send_rejected", _switch),
+    "sendRejected": ("send_rejected", flag),
 }
 
 
@@ -137,22 +121,8 @@ def apply_desired(policy: Policy, desired: Mapping[str, Any]) -> tuple[Policy, d
     """The policy with the valid desired keys applied, and an error per rejected key.
 
     A key with a wrong type or value leaves that field as it was; unknown keys are reported.
-    Twin metadata (`$version`, ...) is ignored.
     """
-    changes: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for key, value in desired.items():
-        if key.startswith("$"):
-            continue
-        if key not in DESIRED_FIELDS:
-            errors[key] = "unknown property"
-            continue
-        field, parse = DESIRED_FIELDS[key]
-        try:
-            changes[field] = parse(value)
-        except ValueError as error:
-            errors[key] = f"{error} (got {json.dumps(value)})"
-    return dataclasses.replace(policy, **changes), errors
+    return apply_fields(policy, desired, DESIRED_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
