@@ -64,23 +64,32 @@ class Peer:
     def __init__(self, script: str, model: Path) -> None:
         self.port = free_port()
         started = time.perf_counter()
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - open as long as the peer runs
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "peers" / script), str(model), str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.cold_start_s = 0.0
         self.started = started
 
     def wait(self, image: bytes) -> None:
-        while True:
+        """Until its first answer (its cold start); a peer that cannot answer ends the run."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             try:
-                requests.post(self.url + "/score", data=image, timeout=5).raise_for_status()
-                self.cold_start_s = time.perf_counter() - self.started
-                return
+                answer = requests.post(self.url + "/score", data=image, timeout=5)
             except requests.RequestException:
                 time.sleep(0.05)
+                continue
+            if answer.ok:
+                self.cold_start_s = time.perf_counter() - self.started
+                return
+            break
+        self.stop()
+        self.log.seek(0)
+        raise SystemExit(f"the peer does not answer:\n{self.log.read()[-3000:]}")
 
     def caller(self) -> tuple[Call, Callable[[], None]]:
         session = requests.Session()

@@ -17,6 +17,7 @@ session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionP
 with open(f"{folder}/labels.txt") as handle:
     labels = handle.read().split()
 data = session.get_inputs()[0]
+names = [o.name for o in session.get_outputs() if o.name != "classLabel"]
 height, width = data.shape[2], data.shape[3]
 app = Flask(__name__)
 
@@ -25,10 +26,12 @@ app = Flask(__name__)
 def score():
     image = Image.open(io.BytesIO(request.get_data())).convert("RGB").resize((width, height))
     tensor = np.asarray(image, np.float32).transpose(2, 0, 1)[None][:, ::-1].copy()
-    scores = session.run(None, {data.name: tensor})[0]
-    probabilities = scores[0] if isinstance(scores, np.ndarray) else scores
-    if isinstance(probabilities, list):
-        probabilities = [probabilities[0][label] for label in labels]
+    outputs = dict(zip(names, session.run(names, {data.name: tensor}), strict=True))
+    scores = outputs.get("loss", next(iter(outputs.values())))  # 2018 exports: a ZipMap
+    if isinstance(scores, list):
+        probabilities = [scores[0][label] for label in labels]
+    else:
+        probabilities = scores[0]
     return jsonify(
         [
             {"tagName": t, "probability": float(p)}
