@@ -153,3 +153,15 @@ def test_a_model_that_disagrees_with_its_canary_images_is_not_promoted(
     assert status["state"] == "failed"
     assert "canary images disagree: red.jpg: red (expected blue)" in status["lastError"]
     assert status["version"] == "agrees"  # the one that agreed keeps serving
+
+
+def test_a_damaged_store_pointer_neither_breaks_the_status_nor_an_update(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    updater.store.root.mkdir(parents=True)
+    (updater.store.root / "current.json").write_text("{half a file")
+    assert updater.status()["previous"] is None  # no exception: the status still answers
+    url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
+    assert updater.request(ModelRequest("v2", url, digest))
+    assert _settled(updater)["state"] == "ready"
+    assert updater.store.current() is not None and updater.store.current().version == "v2"

@@ -91,8 +91,12 @@ class ModelStore:
         return folder
 
     def promote(self, version: str, sha256: str) -> Promoted:
-        """Point at `version` (atomically), remembering the one before; prune old ones."""
-        before = self.current()
+        """Point at `version` (atomically), remembering the one before; prune old ones. A
+        damaged pointer is replaced."""
+        try:
+            before = self.current()
+        except StoreError:
+            before = None
         previous = before.previous if before and before.version == version else None
         if before and before.version != version:
             previous = before.version

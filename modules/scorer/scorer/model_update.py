@@ -25,7 +25,7 @@ from . import archive
 from .core import ScoreOptions, Scorer, Served, warmed_up
 from .model import ModelSpec
 from .model_download import DownloadLimits, download
-from .model_store import ModelStore, check_version
+from .model_store import ModelStore, Promoted, StoreError, check_version
 
 if TYPE_CHECKING:
     from .session import LoadedModel
@@ -133,10 +133,19 @@ class ModelUpdater:
         self._waiting: Callable[[], None] | None = None
         self._busy = False
 
+    def _promoted(self) -> Promoted | None:
+        """The store's pointer; an unreadable one counts as none (the next promotion
+        rewrites it), so a damaged file never turns a status or a request into a failure."""
+        try:
+            return self.store.current()
+        except StoreError as error:
+            log.warning("model store: %s", error)
+            return None
+
     def status(self) -> dict[str, Any]:
         """The reported property `model` (and `getModel`'s answer)."""
         served = self.scorer.served
-        promoted = self.store.current()
+        promoted = self._promoted()
         return {
             "version": served.version if served else None,
             "sha256": self.scorer.spec.sha256,
@@ -152,7 +161,7 @@ class ModelUpdater:
 
         A version name stands for one content: the current version is not fetched again,
         and the previous one is served from the store (as a rollback)."""
-        promoted = self.store.current()
+        promoted = self._promoted()
         if promoted is not None and wanted.version == promoted.version:
             return False
         if promoted is not None and wanted.version == promoted.previous:
@@ -163,7 +172,7 @@ class ModelUpdater:
 
     def rollback(self) -> str:
         """Serve the previous version again (in the background); its name."""
-        promoted = self.store.current()
+        promoted = self._promoted()
         if promoted is None or promoted.previous is None:
             raise ValueError("there is no previous version to roll back to")
         previous = promoted.previous
@@ -229,8 +238,9 @@ class ModelUpdater:
         candidate = Served(model, self.scorer.config.model_name, version)
         if checked := check_canary(self.scorer, candidate, export):
             log.info("model update: %d canary images agree with version %s", checked, version)
-        self.scorer.swap(model, candidate.name, version)
+        # Promoted first: should writing the pointer fail (a full volume), nothing changed.
         self.store.promote(version, spec.sha256)
+        self.scorer.swap(model, candidate.name, version)
         log.info("model update: now serving version %s", version)
         self.target = None
         self._set(UpdateState.READY)
