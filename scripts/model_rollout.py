@@ -1,8 +1,10 @@
 """A model version rolled out ring by ring with IoT Hub's own at-scale machinery.
 
 Each ring is one layered deployment that sets the scorer's desired `model`, targets the
-devices tagged `tags.ring='<ring>'` (the ring `all`: every device with a ring tag) and has a
-higher priority than the ring before it and than every earlier model rollout. Its custom
+devices tagged `tags.ring='<ring>'` (the tag-equality form of target condition Microsoft
+documents; tag the rest of the fleet `all`, say) and has a higher priority than the ring
+before it and than every earlier model rollout. IoT Hub evaluates a deployment's metrics when
+it is created and every 5 minutes after, so a ring takes at least that long. Its custom
 metrics count the scorer module twins that report the version `ready` and those that report
 its install `failed`; IoT Hub evaluates them. A ring passes when at least `threshold` percent
 of the devices it targets are ready; a failure, or the ring's time limit, stops the rollout
@@ -51,7 +53,7 @@ def deployment_id(version: str, ring: str) -> str:
 
 
 def target_condition(ring: str) -> str:
-    return "IS_DEFINED(tags.ring)" if ring == "all" else f"tags.ring='{ring}'"
+    return f"tags.ring='{quote(ring)}'"
 
 
 def quote(text: str) -> str:
