@@ -96,3 +96,17 @@ def test_outside_iot_edge_the_azure_sdk_is_never_imported(
     monkeypatch.setitem(sys.modules, "azure", None)  # any import of it now fails
     monkeypatch.delitem(sys.modules, "scorer.edge", raising=False)
     assert entry.start_edge(object(), Settings.from_env({}), None) is None  # type: ignore[arg-type]
+
+
+def test_yolo_exports_are_sized_as_their_script_unless_the_sessions_run_on_tensorrt() -> None:
+    """On TensorRT each new input shape builds an engine (minutes on a Jetson, past the
+    inference time limit): `auto` keeps the one declared shape there."""
+    from scorer.model import YoloResize
+    from scorer.worker_app import model_options
+
+    default = Settings.from_env({})
+    assert default.yolo_resize == "auto"
+    assert model_options(default).yolo_resize is YoloResize.EXPORT
+    assert model_options(default, tensorrt=True).yolo_resize is YoloResize.STRETCH
+    chosen = Settings.from_env({"SCORER_YOLO_RESIZE": "export"})
+    assert model_options(chosen, tensorrt=True).yolo_resize is YoloResize.EXPORT

@@ -197,9 +197,10 @@ class Settings:
     yolo_max_detections: int = _setting(20, _positive_int, "boxes kept after NMS")
     yolo_prob_threshold: float = _setting(0.10, _probability, "probability kept before NMS")
     yolo_resize: str = _setting(
-        "export",
-        _choice("export", "stretch"),
-        "YOLO input: export (metadata, else ~512x512 aspect kept) or stretch to the declared size",
+        "auto",
+        _choice("auto", "export", "stretch"),
+        "YOLO input: export (metadata, else ~512x512 aspect kept), stretch (declared size);"
+        " auto: export, but stretch on TensorRT",
     )
     api_keys: tuple[str, ...] = _setting(
         (), _keys, "comma-separated API keys (empty: no key needed); several for rotation", True

@@ -42,8 +42,18 @@ if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
 log = logging.getLogger("scorer")
 
 
-def model_options(settings: Settings) -> ModelOptions:
-    """The per-model choices the settings make."""
+def yolo_resize(setting: str, tensorrt: bool) -> YoloResize:
+    """`auto`: a YOLO export sized as its own script sizes it, except on TensorRT, whose
+    engine is built for the input shapes it has seen: there each new camera shape would
+    build another engine (minutes on a Jetson, longer than the inference time limit), so the
+    export is stretched to the one size it declares."""
+    if setting == "auto":
+        return YoloResize.STRETCH if tensorrt else YoloResize.EXPORT
+    return YoloResize(setting)
+
+
+def model_options(settings: Settings, tensorrt: bool = False) -> ModelOptions:
+    """The per-model choices the settings make (`tensorrt`: the sessions run on it)."""
     return ModelOptions(
         pixel_format=settings.pixel_format,
         pixel_range=settings.pixel_range,
@@ -51,7 +61,7 @@ def model_options(settings: Settings) -> ModelOptions:
         yolo_nms_per_class=settings.yolo_nms == "per_class",
         yolo_max_detections=settings.yolo_max_detections,
         yolo_prob_threshold=settings.yolo_prob_threshold,
-        yolo_resize=YoloResize(settings.yolo_resize),
+        yolo_resize=yolo_resize(settings.yolo_resize, tensorrt),
     )
 
 
@@ -152,9 +162,17 @@ def session_opener(
     return open_model
 
 
-def load_model(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> None:
+@dataclasses.dataclass
+class Sessions:
+    """How the worker opens sessions, once the first model has chosen the providers."""
+
+    open_model: Callable[[ModelSpec], LoadedModel] | None = None
+    tensorrt: bool = False
+
+
+def load_model(scorer: Scorer, settings: Settings, sessions: Sessions) -> None:
     """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn.
-    The opener goes into `opened` for model updates."""
+    How sessions are opened goes into `sessions`, for model updates."""
     # Imported here, in the worker after the fork, never in the master: see session.py.
     import onnxruntime
 
@@ -165,8 +183,15 @@ def load_model(scorer: Scorer, settings: Settings, opened: list[Callable[..., An
         chosen, fallbacks = providers.resolve(settings.providers, trt)
         scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
         uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
+        options = model_options(settings, uses_tensorrt)
+        if options.yolo_resize is not model_options(settings).yolo_resize:
+            scorer.spec = inspect_export(scorer.spec.directory, options, settings.cache_dir)
+            log.info(
+                "on TensorRT a YOLO export takes its declared input size (one engine shape);"
+                " SCORER_YOLO_RESIZE=export sizes it as its script does"
+            )
         open_model = session_opener(settings, chosen)
-        opened.append(open_model)
+        sessions.open_model, sessions.tensorrt = open_model, uses_tensorrt
         with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
             scorer.load(open_model)
     except Exception as error:
@@ -175,20 +200,24 @@ def load_model(scorer: Scorer, settings: Settings, opened: list[Callable[..., An
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def model_updater(scorer: Scorer, settings: Settings, opened: list[Callable[..., Any]]) -> Any:
+def model_updater(scorer: Scorer, settings: Settings, sessions: Sessions) -> Any:
     """Installs and swaps in new model versions (twin `model`, or the admin route)."""
     from .model_update import ModelUpdater
 
     def open_model(spec: ModelSpec) -> LoadedModel:
-        if not opened:
+        if sessions.open_model is None:
             raise RuntimeError("the first model is still loading")
-        result: LoadedModel = opened[0](spec)
-        return result
+        return sessions.open_model(spec)
+
+    def inspect(folder: Path) -> ModelSpec:
+        return inspect_export(
+            folder, model_options(settings, sessions.tensorrt), settings.cache_dir
+        )
 
     return ModelUpdater(
         scorer,
         ModelStore.for_settings(settings),
-        inspect=lambda folder: inspect_export(folder, model_options(settings), settings.cache_dir),
+        inspect=inspect,
         open_model=open_model,
         limits=DownloadLimits(
             settings.model_max_bytes, settings.model_download_timeout_s, settings.model_allow_http
@@ -278,11 +307,11 @@ def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource 
         log.critical("cannot start: %s", one_line(error))
         os._exit(Arbiter.WORKER_BOOT_ERROR)
     scorer = Scorer(spec, scorer_config(settings, spec, version))
-    opened: list[Callable[..., Any]] = []
+    sessions = Sessions()
     threading.Thread(
-        target=load_model, args=(scorer, settings, opened), name="model-loader", daemon=True
+        target=load_model, args=(scorer, settings, sessions), name="model-loader", daemon=True
     ).start()
-    updater = model_updater(scorer, settings, opened)
+    updater = model_updater(scorer, settings, sessions)
     Watchdog(scorer, settings.inference_timeout_s, end_the_process).start()
     grpc_server = start_grpc(scorer, settings, tls)
     if tls is not None:
