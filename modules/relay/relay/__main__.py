@@ -62,14 +62,14 @@ class RelayModule:
         try:
             self.relay.handle(payload, message_id)
         except Exception as error:
-            if self.waits_for_room(error, message_id):
+            if self.wait_in_inbox(error, message_id):
                 return
             log.exception("input %s could not be handled; quarantined", message_id)
             self.quarantine(
                 message_id, payload, f"handling failed: {type(error).__name__}: {error}"
             )
 
-    def waits_for_room(self, error: Exception, message_id: str) -> bool:
+    def wait_in_inbox(self, error: Exception, message_id: str) -> bool:
         """True if `error` is a full volume: the input stays in the inbox, handled later."""
         if not is_storage_full(error):
             return False
@@ -146,10 +146,9 @@ class RelayModule:
             try:
                 attempts = self.spool.attempt(message_id)
             except Exception as error:
-                if not is_storage_full(error):
+                if not self.wait_in_inbox(error, message_id):
                     raise
-                self.inbox_waiting.set()  # a full volume: handled by the main loop later
-                return
+                return  # the main loop handles what is left once there is room
             if attempts > MAX_ATTEMPTS:
                 self.quarantine(message_id, payload, f"handling failed {MAX_ATTEMPTS} times")
                 log.error("input %s failed %d times; quarantined", message_id, MAX_ATTEMPTS)
@@ -181,7 +180,7 @@ class RelayModule:
         try:
             self.relay.handle(payload, message_id)
         except Exception as error:
-            if not self.waits_for_room(error, message_id):
+            if not self.wait_in_inbox(error, message_id):
                 log.exception("input %s could not be handled at start", message_id)
 
     def connect(self) -> None:

@@ -129,6 +129,12 @@ class Served:
     version: str
 
 
+def utc_timestamp(timespec: str = "milliseconds") -> str:
+    """Now in UTC, ISO 8601 with a `Z`, as results and reported properties carry it."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def warmed_up(model: LoadedModel, name: str) -> LoadedModel:
     """`model` after one run on a blank image, so no request pays for lazy initialisation."""
     started = time.perf_counter()
@@ -330,9 +336,7 @@ class Scorer:
         finished = time.perf_counter()
         return Result(
             id=str(uuid.uuid4()),
-            created=datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            created=utc_timestamp(),
             predictions=tuple(kept),
             model_name=served.name,
             model_version=served.version,

@@ -42,7 +42,7 @@ class EdgePublisher:
     ) -> None:
         self.scorer = scorer
         self.updater = updater
-        updater.on_change = self._model_changed
+        updater.on_change = self._report  # every step of a model update, as it happens
         self.output = output
         self.call_timeout_s = call_timeout_s
         self.report_interval_s = report_interval_s
@@ -131,10 +131,6 @@ class EdgePublisher:
         if self.desired_errors:
             log.warning("desired properties rejected: %s", self.desired_errors)
 
-    def _model_changed(self) -> None:
-        """Every step of a model update is reported as it happens."""
-        self._report()
-
     def _on_desired(self, patch: dict[str, Any]) -> None:
         self._apply_desired(patch)
         self._report()
@@ -151,25 +147,27 @@ class EdgePublisher:
             "providers": list(self.scorer.providers),
             "defaults": self.defaults.to_twin(),
             "requests": twin.request_counts(self.scorer.metrics.registry),
-            "publisher": {
-                "connected": self.connected,
-                "queued": len(self.results),
-                "sent": self.sent,
-                "dropped": self.results.dropped,
-                "lastError": self.last_error or None,
-            },
+            "publisher": self.publisher_state(),
         }
 
-    def _report(self) -> bool:
-        """Send reported properties; False when the link failed them."""
+    def publisher_state(self) -> dict[str, Any]:
+        """The output's side of the status (also on the operator's page)."""
+        return {
+            "connected": self.connected,
+            "queued": len(self.results),
+            "sent": self.sent,
+            "dropped": self.results.dropped,
+            "lastError": self.last_error or None,
+        }
+
+    def _report(self) -> None:
+        """Send reported properties; a failure counts against the link, the next retries."""
         try:
             if self.link.is_open:
                 patch = {**self.status(), "desiredErrors": self.desired_errors or None}
                 self.link.call("patch_twin_reported_properties", patch)
         except Exception as error:  # noqa: BLE001 - best effort; the next report retries
             log.warning("reported properties not sent: %s", error)
-            return False
-        return True
 
     def _on_method(self, request: Any) -> None:
         if request.name == "getStatus":

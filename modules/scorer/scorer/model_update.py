@@ -10,7 +10,6 @@ A failure at any step leaves the current model serving and is reported (`state: 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import json
 import logging
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import archive
-from .core import ScoreOptions, Scorer, Served, warmed_up
+from .core import ScoreOptions, Scorer, Served, utc_timestamp, warmed_up
 from .model import ModelSpec
 from .model_download import DownloadLimits, download
 from .model_store import ModelStore, Promoted, StoreError, check_version
@@ -95,14 +94,6 @@ class ModelRequest:
         if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
             raise ValueError("sha256 must be 64 hex digits")
         return cls(version, url, sha256.lower())
-
-
-def _now() -> str:
-    return (
-        datetime.datetime.now(datetime.timezone.utc)
-        .isoformat(timespec="seconds")
-        .replace("+00:00", "Z")
-    )
 
 
 class ModelUpdater:
@@ -205,7 +196,7 @@ class ModelUpdater:
         self.state = state
         if state is UpdateState.FAILED:
             self.last_error = error
-        self.updated_at = _now()
+        self.updated_at = utc_timestamp("seconds")
         self.on_change()
 
     def _install(self, wanted: ModelRequest) -> None:

@@ -27,7 +27,7 @@ from .errors import one_line
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
-from .model import ModelOptions, ModelSpec, YoloResize, inspect_export
+from .model import ModelKind, ModelOptions, ModelSpec, YoloResize, inspect_export
 from .model_download import DownloadLimits
 from .model_store import ModelStore
 from .settings import Settings, run_by_iot_edge
@@ -184,7 +184,8 @@ def load_model(scorer: Scorer, settings: Settings, sessions: Sessions) -> None:
         scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
         uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
         options = model_options(settings, uses_tensorrt)
-        if options.yolo_resize is not model_options(settings).yolo_resize:
+        yolo = scorer.spec.kind is ModelKind.DETECTION_YOLO
+        if yolo and options.yolo_resize is not model_options(settings).yolo_resize:
             scorer.spec = inspect_export(scorer.spec.directory, options, settings.cache_dir)
             log.info(
                 "on TensorRT a YOLO export takes its declared input size (one engine shape);"
@@ -281,7 +282,7 @@ def edge_status(publisher: Any, settings: Settings) -> Callable[[], dict[str, An
     def status() -> dict[str, Any]:
         url = settings.relay_metrics_url
         return {
-            "publisher": publisher.status()["publisher"] if publisher is not None else None,
+            "publisher": publisher.publisher_state() if publisher is not None else None,
             "relay": relay_status.fetch(url) if url and publisher is not None else None,
         }
 
