@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
+import h11
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -223,3 +224,65 @@ def test_control_characters_in_a_path_do_not_forge_log_lines(server: ScorerProce
         time.sleep(0.05)
     assert "/model\\x0aFAKE 200 OK" in server.log
     assert "\nFAKE 200 OK" not in server.log
+
+
+def responses(data: bytes, count: int) -> list[tuple[int, bytes]]:
+    """The first `count` responses in `data`, read by h11's client side."""
+    client = h11.Connection(h11.CLIENT)
+    client.receive_data(data)
+    found: list[tuple[int, bytes]] = []
+    status, body = 0, b""
+    while len(found) < count:
+        if client.our_state is h11.IDLE:
+            client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+            client.send(h11.EndOfMessage())
+        event = client.next_event()
+        if isinstance(event, h11.Response):
+            status, body = event.status_code, b""
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            found.append((status, body))
+            if len(found) < count:
+                client.start_next_cycle()
+        else:
+            break
+    return found
+
+
+def test_requests_sent_ahead_on_one_connection_are_answered_in_order(
+    server: ScorerProcess, demo_dir: Path
+) -> None:
+    images = [(demo_dir / "images" / f"{c}.jpg").read_bytes() for c in ("red", "blue")]
+    pipelined = b"".join(
+        [
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(images[0]) + images[0],
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(images[1]) + images[1],
+        ]
+    )
+    with connect(server) as sock:
+        sock.sendall(pipelined)  # all three at once: the server reads past the first
+        data = b""
+        while chunk := sock.recv(65536):  # the last one asked to close
+            data += chunk
+    (first, red), (second, _), (third, blue) = responses(data, 3)
+    assert (first, second, third) == (200, 200, 200)
+    assert json.loads(red)["predictions"][0]["tagName"] == "red"
+    assert json.loads(blue)["predictions"][0]["tagName"] == "blue"
+
+
+def test_an_http_1_0_client_gets_its_answer_and_the_connection_closes(
+    server: ScorerProcess, demo_dir: Path
+) -> None:
+    image = (demo_dir / "images" / "green.jpg").read_bytes()
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /score HTTP/1.0\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(image) + image
+        )
+        status, _, body = answer(sock)
+        assert sock.recv(1) == b""  # closed after the answer, as HTTP/1.0 expects
+    assert status == 200 and json.loads(body)["predictions"][0]["tagName"] == "green"

@@ -5,7 +5,10 @@ loop. Only a request whose headers and whole body have arrived goes to a thread,
 stalled or hostile client holds no thread and no scoring slot. Framing errors and limits
 are decided here, with the scorer's own error codes: a body announced or sent beyond the
 limit is 413 at once (chunked bodies included, never cut and scored), broken chunking and
-malformed headers 400, oversized headers 431. No sockets here: bytes in, a verdict out.
+malformed headers 400, oversized headers 431, a request line over gunicorn's limit 414.
+The frame keeps the parsed request and its body for the thread (`exchange`), and works on
+the connection's one h11 state, so bytes a client sent ahead (pipelining) start the next
+request. No sockets here: bytes in, a verdict out.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ STATUS_CODES = {
     414: Code.MALFORMED_REQUEST,
     431: Code.HEADERS_TOO_LARGE,
 }
+MAX_REQUEST_LINE = 4094  # bytes, as gunicorn's limit_request_line
+MAX_HEADER_BYTES = 16 * 1024  # the whole head; h11 checks it only while incomplete
+MAX_FIELD_BYTES = 8190  # one header line, and at most MAX_FIELDS of them, as gunicorn's limits
+MAX_FIELDS = 100
+
+
+def http_connection() -> h11.Connection:
+    """The parsing and framing state of one client connection, across its requests."""
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 class Progress(enum.Enum):
@@ -43,25 +55,30 @@ class Rejection:
 
 
 class RequestFrame:
-    """Tracks one request's framing; `feed` returns how far it got."""
+    """Tracks one request's framing on a connection; `feed` returns how far it got."""
 
-    def __init__(self, max_body_bytes: int, max_header_bytes: int = 16 * 1024) -> None:
+    def __init__(self, connection: h11.Connection, max_body_bytes: int) -> None:
+        self.connection = connection
         self.max_body_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-        self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-        self._body_bytes = 0
+        self.body = bytearray()
         self.received = 0
         self.rejection: Rejection | None = None
         self.expects_continue = False  # the client waits for "100 Continue" before its body
-        self.method = b""
+        self.request: h11.Request | None = None
 
-    def feed(self, data: bytes) -> Progress:
-        """Take the next bytes of the request."""
-        self.received += len(data)
-        self._parser.receive_data(data)
+    @property
+    def method(self) -> bytes:
+        return self.request.method if self.request is not None else b""
+
+    def feed(self, data: bytes = b"") -> Progress:
+        """Take the next bytes of the request (none: see whether those already buffered,
+        sent ahead of time, make it whole)."""
+        if data:
+            self.received += len(data)
+            self.connection.receive_data(data)
         while True:
             try:
-                event = self._parser.next_event()
+                event = self.connection.next_event()
             except h11.RemoteProtocolError as error:
                 hint = error.error_status_hint
                 code = STATUS_CODES.get(hint, Code.MALFORMED_REQUEST)
@@ -73,16 +90,32 @@ class RequestFrame:
                 if refused is not None:
                     return refused
             elif isinstance(event, h11.Data):
-                self._body_bytes += len(event.data)
-                if self._body_bytes > self.max_body_bytes:
+                if len(self.body) + len(event.data) > self.max_body_bytes:
                     return self._too_large()
+                self.body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return Progress.COMPLETE
             else:  # ConnectionClosed or PAUSED: nothing more will come for this request
                 return self._reject(Code.MALFORMED_REQUEST, "the request ended before it was whole")
 
     def _check_headers(self, request: h11.Request) -> Progress | None:
-        self.method = request.method
+        self.request = request
+        line = len(request.method) + len(request.target) + len(b" HTTP/1.1")
+        if line > MAX_REQUEST_LINE:
+            return self._reject(
+                Code.URI_TOO_LONG, f"the request line is longer than {MAX_REQUEST_LINE} bytes"
+            )
+        sizes = [len(name) + len(value) + 4 for name, value in request.headers]
+        if len(sizes) > MAX_FIELDS or sum(sizes) + line > MAX_HEADER_BYTES:
+            return self._reject(
+                Code.HEADERS_TOO_LARGE,
+                f"the request has more than {MAX_FIELDS} headers or {MAX_HEADER_BYTES} bytes "
+                "of them",
+            )
+        if max(sizes, default=0) > MAX_FIELD_BYTES:
+            return self._reject(
+                Code.HEADERS_TOO_LARGE, f"a request header is longer than {MAX_FIELD_BYTES} bytes"
+            )
         headers = dict(request.headers)
         length = headers.get(b"content-length")
         if length is not None and int(length) > self.max_body_bytes:
@@ -92,7 +125,7 @@ class RequestFrame:
 
     def _why(self, error: h11.RemoteProtocolError) -> str:
         if error.error_status_hint == 431:
-            return f"request headers are larger than {self.max_header_bytes} bytes"
+            return f"request headers are larger than {MAX_HEADER_BYTES} bytes"
         # h11 quotes the offending bytes: keep the message short and printable
         text = str(error)[:120].encode("ascii", "backslashreplace").decode()
         return f"malformed HTTP request: {text}"

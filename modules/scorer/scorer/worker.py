@@ -4,11 +4,14 @@ gthread hands a connection to a pool thread as soon as it becomes readable, and 
 then blocks reading headers and body at the client's pace: sixteen slow or stalled clients
 held every thread. Here the event loop reads instead, without blocking, feeding the bytes
 to a `RequestFrame`; only a complete request is handed to a thread, which finds it already
-buffered. Reading has a deadline (`SCORER_CLIENT_TIMEOUT_S`, answered 408), bodies over the
-limit are refused as soon as they are announced or exceed it (413), broken framing is 400,
-and connections that send nothing cost a file descriptor, not a thread. gunicorn's own
-rejections are answered in the scorer's JSON error shape. It also stops the gRPC server
-gracefully on SIGTERM and the IoT Edge publisher at exit.
+parsed and buffered, runs the app on h11's parse and sends the answer in one write
+(`exchange`; gunicorn's parser and response writer are not used). Reading has a deadline
+(`SCORER_CLIENT_TIMEOUT_S`, answered 408), bodies over the limit are refused as soon as they
+are announced or exceed it (413), broken framing is 400, every refusal is in the scorer's
+JSON error shape, and connections that send nothing cost a file descriptor, not a thread.
+gunicorn still runs the process: the master, signals, graceful stop, the listeners and the
+thread pool. The worker also stops the gRPC server gracefully on SIGTERM and the IoT Edge
+publisher at exit.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import http
 import json
 import logging
 import selectors
@@ -26,84 +28,62 @@ import time
 from functools import partial
 from typing import Any
 
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, ParseException
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import Code, error_document
-from .http_errors import HTTP_STATUS, printable
-from .request_frame import Progress, RequestFrame
+from .exchange import Answer, Peer, call_app, keeps_alive, render, wsgi_environ
+from .http_errors import HTTP_STATUS
+from .request_frame import Progress, RequestFrame, http_connection
 
 log = logging.getLogger("scorer.http")
 
 READ_CHUNK = 64 * 1024
 # "try again when readable", for plain sockets and for TLS
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-DRAIN_S = 2.0  # after refusing a request, read and discard what the client still sends
+DRAIN_S = 2.0  # after a closing answer, read and discard what the client still sends
 DRAIN_BYTES = 1 << 20
 
 
-def error_response(code: Code, message: str, close: bool = True) -> bytes:
-    """A whole HTTP/1.1 error response in the JSON shape, closing the connection or not."""
-    body = json.dumps(error_document(code, message)).encode()
-    status = HTTP_STATUS[code]
-    head = (
-        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        + ("Retry-After: 1\r\n" if code in (Code.OVERLOADED, Code.NOT_READY) else "")
-        + ("Connection: close\r\n" if close else "")
-        + "\r\n"
-    )
-    return head.encode("latin-1") + body
+def error_answer(code: Code, message: str) -> Answer:
+    """An error in the scorer's JSON shape, as the app would answer it."""
+    headers = [(b"Content-Type", b"application/json")]
+    if code in (Code.OVERLOADED, Code.NOT_READY):
+        headers.append((b"Retry-After", b"1"))
+    return Answer(HTTP_STATUS[code], headers, json.dumps(error_document(code, message)).encode())
 
 
-class ReplaySocket:
-    """A client socket whose first `recv`s return what the event loop already read."""
+class ClientConnection(TConn):
+    """A client connection with its h11 state, which lasts across its requests."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._pending = bytearray()
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.http = http_connection()
+        scheme = "https" if isinstance(sock, ssl.SSLSocket) else "http"
+        self.peer = Peer(tuple(client[:2]), tuple(server[:2]), scheme)
+        self.frame: RequestFrame | None = None  # the request being read or answered
         self.handshaken = False
 
-    def replay(self, data: bytes) -> None:
-        self._pending += data
-
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        if self._pending:
-            chunk = bytes(self._pending[:size])
-            del self._pending[:size]
-            return chunk
-        return self._sock.recv(size, flags)
-
-    def forget(self) -> None:
-        """Drop what was read for a request answered without the app (kept-alive 429)."""
-        self._pending.clear()
-
-    def raw_recv(self, size: int) -> bytes:
-        """Read from the socket itself: under TLS, finish the handshake first, and take
-        everything already decrypted (the poller does not see what TLS buffered)."""
-        if isinstance(self._sock, ssl.SSLSocket):
+    def receive(self, size: int) -> bytes:
+        """Read what the client sent without blocking: under TLS, finish the handshake first
+        (it raises "want read" until the client has sent enough), and take everything
+        already decrypted (the poller does not see what TLS buffered)."""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket):
             if not self.handshaken:
-                self._sock.do_handshake()  # raises "want read" until the client has sent enough
+                sock.do_handshake()
                 self.handshaken = True
-            data = self._sock.recv(size)
-            while data and self._sock.pending():
-                data += self._sock.recv(self._sock.pending())
+            data = sock.recv(size)
+            while data and sock.pending():
+                data += sock.recv(sock.pending())
             return data
-        return self._sock.recv(size)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+        return bytes(sock.recv(size))
 
 
 @dataclasses.dataclass
 class Reading:
     """A request being read in the event loop."""
 
-    conn: TConn
+    conn: ClientConnection
     frame: RequestFrame
     deadline: float
     continued: bool = False
@@ -111,22 +91,23 @@ class Reading:
 
 @dataclasses.dataclass
 class Draining:
-    """A refused connection: its answer is sent; what the client still sends is discarded."""
+    """A closing connection: its answer is sent; what the client still sends is discarded."""
 
-    conn: TConn
+    conn: ClientConnection
     deadline: float
     discarded: int = 0
 
 
 class ScorerWorker(ThreadWorker):
-    """gthread with whole-request reading in the event loop, deadlines and JSON rejections."""
+    """gthread with whole-request reading in the event loop, deadlines, JSON refusals and
+    the app run on the loop's parse."""
 
     def init_process(self) -> None:
-        self.reading: dict[TConn, Reading] = {}
-        self.draining: dict[TConn, Draining] = {}
+        self.reading: dict[ClientConnection, Reading] = {}
+        self.draining: dict[ClientConnection, Draining] = {}
         # Connections whose POST (every POST route scores) is with a thread: at most
         # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued.
-        self.scoring: set[TConn] = set()
+        self.scoring: set[ClientConnection] = set()
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
         super().init_process()  # loads the app, then runs the loop
@@ -145,29 +126,36 @@ class ScorerWorker(ThreadWorker):
             sock = self.tls_context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
             )
-        conn = TConn(self.cfg, ReplaySocket(sock), client, listener.getsockname())
-        self.start_reading(conn)
+        self.start_reading(ClientConnection(self.cfg, sock, client, listener.getsockname()))
 
-    def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
+    def on_client_socket_readable(self, conn: ClientConnection, client: Any) -> None:
         """A kept-alive connection sends its next request: read it here, not in a thread."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self.start_reading(conn)
+        reading = self.start_reading(conn)
+        if reading is not None:
+            self.on_request_bytes(reading, client)  # readable now: no need to wait for it
 
-    def start_reading(self, conn: TConn) -> None:
+    def start_reading(self, conn: ClientConnection) -> Reading | None:
+        """Read the next request; one the client sent ahead (pipelining) may be whole
+        already, and is dispatched at once (then None)."""
         limits = self.app.settings
-        reading = Reading(
-            conn, RequestFrame(limits.max_body_bytes), time.monotonic() + limits.client_timeout_s
-        )
+        frame = RequestFrame(conn.http, limits.max_body_bytes)
+        conn.frame = frame
+        reading = Reading(conn, frame, time.monotonic() + limits.client_timeout_s)
+        if conn.http.trailing_data[0] and frame.feed() is not Progress.NEED_MORE:
+            self.on_request_read(reading)
+            return None
         self.reading[conn] = reading
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, reading)
         )
+        return reading
 
     def on_request_bytes(self, reading: Reading, _sock: Any) -> None:
         conn = reading.conn
         try:
-            data = conn.sock.raw_recv(READ_CHUNK)
+            data = conn.receive(READ_CHUNK)
         except WOULD_BLOCK:
             return
         except OSError:  # a reset, or a failed TLS handshake
@@ -176,7 +164,6 @@ class ScorerWorker(ThreadWorker):
             self.stop_reading(reading)
             self.drop(conn)
             return
-        conn.sock.replay(data)
         progress = reading.frame.feed(data)
         if progress is Progress.NEED_MORE:
             if reading.frame.expects_continue and not reading.continued:
@@ -184,50 +171,101 @@ class ScorerWorker(ThreadWorker):
                 self.send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self.stop_reading(reading)
-        rejection = reading.frame.rejection
-        if rejection is not None:
-            self.refuse(conn, rejection.code, rejection.message)
+        self.on_request_read(reading)
+
+    def on_request_read(self, reading: Reading) -> None:
+        """The request is whole or refused: answer the refusal here, or hand it to a
+        thread, which finds it parsed and buffered (the only hand-off of a request)."""
+        conn, frame = reading.conn, reading.frame
+        if frame.rejection is not None:
+            self.refuse(conn, frame.rejection.code, frame.rejection.message)
             return
-        if reading.frame.method == b"POST":
+        if frame.method == b"POST":
             budget = self.app.settings.max_inflight
             if len(self.scoring) >= budget:
                 self.overloaded(conn, budget)
                 return
             self.scoring.add(conn)
-        conn.data_ready = True  # the whole request is buffered: the thread will not wait
         self.enqueue_req(conn)
 
-    def overloaded(self, conn: TConn, budget: int) -> None:
+    def overloaded(self, conn: ClientConnection, budget: int) -> None:
         """429 at once, and the connection kept: a busy client need not reconnect to retry."""
         self.app.scorer.metrics.error(Code.OVERLOADED.value)
-        conn.sock.forget()
         message = f"{budget} requests are being scored; retry shortly (SCORER_MAX_INFLIGHT)"
-        self.send_quietly(conn, error_response(Code.OVERLOADED, message, close=False))
-        self.start_reading(conn)
+        self.send_quietly(conn, render(conn.http, error_answer(Code.OVERLOADED, message)))
+        if keeps_alive(conn.http):
+            self.start_reading(conn)
+        else:
+            self.close_softly(conn)
 
-    def finish_request(self, conn: TConn, fs: Any) -> None:
+    # --- in a thread: the app on the parsed request ---------------------------------------
+
+    def handle(self, conn: ClientConnection) -> bool:
+        """Run the app on the request the loop read and send its answer in one write;
+        whether the connection serves another request."""
+        frame = conn.frame
+        assert frame is not None and frame.request is not None
+        try:
+            answer = call_app(self.wsgi, wsgi_environ(frame.request, bytes(frame.body), conn.peer))
+            data = render(conn.http, answer, close=not self.alive)
+        except Exception:  # the app answers its own errors: this is a bug
+            log.exception("cannot answer %s %s", frame.method.decode(), conn.peer.client)
+            internal = error_answer(Code.INTERNAL, "internal error; logged")
+            data = render(http_connection(), internal, close=True)
+            conn.http = http_connection()  # this one ended in an error: never reused
+        try:
+            conn.sock.settimeout(self.app.settings.client_timeout_s)  # a client that never reads
+            conn.sock.sendall(data)
+        except OSError:
+            return False
+        return self.alive and keeps_alive(conn.http)
+
+    def finish_request(self, conn: ClientConnection, fs: Any) -> None:
+        """Back on the loop: wait for the connection's next request, or close it."""
         self.scoring.discard(conn)
-        super().finish_request(conn, fs)
+        try:
+            keep = bool(fs.result())
+        except Exception:  # `handle` answers its errors: log anything else
+            log.exception("a request's thread failed")
+            keep = False
+        conn.sock.setblocking(False)
+        if not keep:
+            self.close_softly(conn)
+        elif conn.http.trailing_data[0]:  # sent ahead: the poller will not see those bytes
+            self.start_reading(conn)
+        else:
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+            self.poller.register(
+                conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+            )
+
+    # --- closing -------------------------------------------------------------------------
 
     def stop_reading(self, reading: Reading) -> None:
         del self.reading[reading.conn]
         self.poller.unregister(reading.conn.sock)
 
-    def drop(self, conn: TConn) -> None:
+    def drop(self, conn: ClientConnection) -> None:
         self.nr_conns -= 1
         conn.close()
 
     @staticmethod
-    def send_quietly(conn: TConn, data: bytes) -> None:
+    def send_quietly(conn: ClientConnection, data: bytes) -> None:
         """Best effort on a non-blocking socket: a small answer fits in the send buffer."""
         with contextlib.suppress(OSError):
             conn.sock.send(data)
 
-    def refuse(self, conn: TConn, code: Code, message: str) -> None:
-        """Answer from the event loop, then drain briefly so the client can read the answer."""
+    def refuse(self, conn: ClientConnection, code: Code, message: str) -> None:
+        """Answer from the event loop, then close."""
         self.app.scorer.metrics.error(code.value)
         log.info("refused a request from %s: %s %s", conn.client, code.value, message)
-        self.send_quietly(conn, error_response(code, message))
+        self.send_quietly(conn, render(http_connection(), error_answer(code, message), close=True))
+        self.close_softly(conn)
+
+    def close_softly(self, conn: ClientConnection) -> None:
+        """Half-close, then read and discard briefly what the client still sends, so that
+        the kernel does not reset the connection before the client read its answer."""
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -239,7 +277,7 @@ class ScorerWorker(ThreadWorker):
 
     def on_drain(self, draining: Draining, _sock: Any) -> None:
         try:
-            data = draining.conn.sock.raw_recv(READ_CHUNK)
+            data = draining.conn.receive(READ_CHUNK)
         except WOULD_BLOCK:
             return
         except OSError:
@@ -271,24 +309,6 @@ class ScorerWorker(ThreadWorker):
                 self.drop(reading.conn)
         for draining in [d for d in self.draining.values() if d.deadline <= now]:
             self.stop_draining(draining)
-
-    # --- gunicorn's own rejections, in the JSON shape -------------------------------------
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        if not isinstance(exc, ParseException):
-            super().handle_error(req, client, addr, exc)
-            return
-        if isinstance(exc, LimitRequestLine):
-            code = Code.URI_TOO_LONG
-        elif isinstance(exc, LimitRequestHeaders):
-            code = Code.HEADERS_TOO_LARGE
-        else:
-            code = Code.MALFORMED_REQUEST
-        message = printable(str(exc))[:200]
-        self.app.scorer.metrics.error(code.value)
-        log.info("refused a request from %s: %s %s", addr, code.value, message)
-        with contextlib.suppress(OSError):
-            client.sendall(error_response(code, message))
 
     # --- graceful stop of the gRPC server and the publisher -------------------------------
 
