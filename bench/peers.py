@@ -3,11 +3,15 @@
 (classification) and a reference pipeline served the peer's way (the steps of the script in
 Custom Vision's detection exports, under Flask's threaded server; `bench/peers/`).
 
-Every server is measured in blocks of requests at 1, 2, 4 and 8 clients; the blocks of the
-targets alternate in a shuffled order, repeated `--repeat` times, so each sees the same
-machine. Printed per model: p50 latency and its ratio to the floor (median and range over
-the repetitions), requests per second, CPU time per request from /proc (the process that
-scores), resident memory, and cold start (process start to its first answer).
+Every HTTP server is asked by the same lean keep-alive client (`scorer.client.HttpClient`),
+and ours runs twice: with its default (ONNX Runtime's threads do not spin) and with the
+peers' (ONNX Runtime's default: they spin after each run), so the front ends compare at
+equal work. Every server is measured in blocks of requests at 1, 2, 4 and 8 clients; the
+blocks of the targets alternate in a shuffled order, repeated `--repeat` times, so each sees
+the same machine. Printed per model: p50 latency and its ratio to the floor (median and
+range over the repetitions), requests per second, CPU time per request from /proc (the
+process that scores) and its ratio to the floor's, resident memory, and cold start (process
+start to its first answer).
 
     .venv/bin/python bench/peers.py [--requests 60] [--repeat 3]
 """
@@ -34,7 +38,7 @@ sys.path[:0] = [str(REPO / p) for p in ("", "bench", "modules/scorer", "scripts"
 import make_demo_models  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import requests  # noqa: E402
-from scorer import imaging  # noqa: E402
+from scorer import heap, imaging  # noqa: E402
 from scorer.client import GrpcClient, HttpClient  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
 from scorer.session import open_session  # noqa: E402
@@ -92,14 +96,8 @@ class Peer:
         raise SystemExit(f"the peer does not answer:\n{self.log.read()[-3000:]}")
 
     def caller(self) -> tuple[Call, Callable[[], None]]:
-        session = requests.Session()
-
-        def call(image: bytes) -> Any:
-            answer = session.post(self.url + "/score", data=image, timeout=30)
-            answer.raise_for_status()
-            return answer
-
-        return call, session.close
+        """The same lean keep-alive client as ours gets: the servers are measured, not it."""
+        return _client(HttpClient(self.url))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -133,6 +131,7 @@ def block(make: Callable[[], tuple[Call, Callable[[], None]]], images: list[byte
 def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.Namespace,
             cache: Path) -> dict[str, Any]:  # fmt: skip
     spec = inspect_export(model, cache_dir=cache)
+    heap.keep_request_memory()  # the floor keeps its memory between calls, as our worker does
     floor_model = open_session(spec, ["CPUExecutionProvider"])
     limits = imaging.DecodeLimits()
 
@@ -147,12 +146,19 @@ def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.N
     ours = ScorerProcess(scorer_env(model, cache, PROVIDERS="cpu"))
     ours.wait_ready()
     ours_cold = time.perf_counter() - started
+    # The peers keep ONNX Runtime's default: its threads spin after every run.
+    spinning = ScorerProcess(scorer_env(model, cache, PROVIDERS="cpu", ORT_SPINNING="1"))
+    spinning.wait_ready()
     peer = Peer(peer_script, model)
     peer.wait(images[0])
-    targets: dict[str, tuple[Callable[[], tuple[Call, Callable[[], None]]], int | None]] = {
-        "floor (in process)": (floor_caller, None),
+    targets: dict[str, tuple[Callable[[], tuple[Call, Callable[[], None]]], int]] = {
+        "floor (in process)": (floor_caller, os.getpid()),  # its CPU: this process
         "ours HTTP": (lambda: _client(HttpClient(ours.url)), worker_pid(ours.proc.pid)),
         "ours gRPC": (lambda: _client(GrpcClient(ours.grpc_target)), worker_pid(ours.proc.pid)),
+        "ours HTTP, ORT spinning": (
+            lambda: _client(HttpClient(spinning.url)),
+            worker_pid(spinning.proc.pid),
+        ),
         f"peer ({peer_script})": (peer.caller, peer.proc.pid),
     }
     results: dict[str, dict[int, list[tuple[float, float, float]]]] = {
@@ -166,13 +172,9 @@ def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.N
                 rng.shuffle(order)
                 for name in order:
                     make, pid = targets[name]
-                    before = cpu_seconds(pid) if pid else 0.0
+                    before = cpu_seconds(pid)
                     rate, latencies = block(make, images, clients, max(5, args.requests // clients))
-                    cpu = (
-                        (cpu_seconds(pid) - before) / (len(latencies) + clients) * 1000
-                        if pid
-                        else 0.0
-                    )
+                    cpu = (cpu_seconds(pid) - before) / (len(latencies) + clients) * 1000
                     results[name][clients].append((statistics.median(latencies), rate, cpu))
         memory = {
             "ours": memory_mb(worker_pid(ours.proc.pid), "VmRSS")
@@ -181,6 +183,7 @@ def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.N
         }
     finally:
         ours.stop()
+        spinning.stop()
         peer.stop()
     return {
         "results": results,
@@ -196,18 +199,20 @@ def _client(client: Any) -> tuple[Call, Callable[[], None]]:
 def report(name: str, measured: dict[str, Any]) -> None:
     results = measured["results"]
     floor = results["floor (in process)"]
-    print(f"\n{name}  (median [min-max] over repetitions; CPU ms per request of the server)")
-    print(
-        f"{'target':28} {'clients':>7} {'p50 ms':>8} {'p50/floor':>18} {'req/s':>8} {'CPU ms':>7}"
-    )
+    print(f"\n{name}  (median [min-max] over repetitions; CPU ms per request of the server;")
+    print(" the floor's CPU is this process's, its client threads included)")
+    print(f"{'target':28} {'clients':>7} {'p50 ms':>8} {'p50/floor':>18} {'req/s':>8} "
+          f"{'CPU ms':>7} {'CPU/floor':>9}")  # fmt: skip
     for target, levels in results.items():
         for clients, runs in levels.items():
             ratios = [r[0] / f[0] for r, f in zip(runs, floor[clients], strict=True)]
             p50 = statistics.median(r[0] for r in runs)
             rate = statistics.median(r[1] for r in runs)
             cpu = statistics.median(r[2] for r in runs)
+            floor_cpu = statistics.median(f[2] for f in floor[clients])
             spread = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
-            print(f"{target:28} {clients:>7} {p50:8.2f} {spread:>18} {rate:8.1f} {cpu:7.2f}")
+            print(f"{target:28} {clients:>7} {p50:8.2f} {spread:>18} {rate:8.1f} {cpu:7.2f} "
+                  f"{cpu / floor_cpu:9.2f}")  # fmt: skip
     memory, cold = measured["memory"], measured["cold"]
     print(f"RSS: ours {memory['ours']:.0f} MB (master + worker), peer {memory['peer']:.0f} MB;"
           f" cold start: ours {cold['ours']:.1f} s, peer {cold['peer']:.1f} s")  # fmt: skip

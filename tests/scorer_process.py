@@ -28,8 +28,10 @@ class ScorerProcess:
         env: dict[str, str],
         ca: Path | None = None,
         client_cert: tuple[Path, Path] | None = None,
+        cwd: Path = REPO,
     ) -> None:
-        """With `ca`, the scorer serves TLS signed by it (and wants `client_cert` if given)."""
+        """With `ca`, the scorer serves TLS signed by it (and wants `client_cert` if given);
+        `cwd` is the tree it runs from (another revision's, to compare)."""
         self.ca = ca
         self.tls_options: dict = {}
         if ca is not None:
@@ -43,7 +45,7 @@ class ScorerProcess:
         self._listening = threading.Event()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scorer"],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.http_answers import responses
 from tests.scorer_process import ScorerProcess
 
 pytestmark = pytest.mark.reliability
@@ -71,3 +73,45 @@ def test_an_inference_past_its_timeout_stops_the_scorer_with_a_failing_status(
     assert server.proc.wait(30) != 0
     assert "over SCORER_INFERENCE_TIMEOUT_S=0.2" in server.log
     assert "stopping the scorer so that it is restarted" in server.log
+
+
+def test_thousands_of_requests_sent_ahead_beyond_the_budget_are_each_refused_in_order(
+    start_scorer: Callable[..., ScorerProcess], slow_model_dir: Path
+) -> None:
+    """One client pipelines 2,000 requests while the only slot is taken: each gets its 429,
+    in order, on the same connection, and the worker lives on (they were once answered
+    recursively: past Python's recursion limit that ended the event loop)."""
+    server = start_scorer(slow_model_dir, PROVIDERS="cpu", MAX_INFLIGHT="1")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 10, 200)).save(buffer, "PNG")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = pool.submit(
+            requests.post,
+            server.url + "/score",
+            data=buffer.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=120,
+        )
+        deadline = time.monotonic() + 30  # until the slow request holds the slot
+        while "scorer_inflight_requests 1.0" not in requests.get(server.url + "/metrics").text:
+            assert time.monotonic() < deadline and not held.done()
+            time.sleep(0.05)
+        one = (
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1\r\n\r\nx"
+        )
+        last = one.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            received = pool.submit(read_until_closed, sock)
+            sock.sendall(one * 1999 + last)
+            answers = responses(received.result(), 2000)
+        assert held.result().status_code == 200
+    assert [status for status, _ in answers] == [429] * 2000
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data

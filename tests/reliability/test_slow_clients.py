@@ -10,12 +10,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
-import h11
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scorer.client import GrpcClient
 
+from tests.http_answers import responses
 from tests.scorer_process import ScorerProcess
 
 pytestmark = pytest.mark.reliability
@@ -224,30 +224,6 @@ def test_control_characters_in_a_path_do_not_forge_log_lines(server: ScorerProce
         time.sleep(0.05)
     assert "/model\\x0aFAKE 200 OK" in server.log
     assert "\nFAKE 200 OK" not in server.log
-
-
-def responses(data: bytes, count: int) -> list[tuple[int, bytes]]:
-    """The first `count` responses in `data`, read by h11's client side."""
-    client = h11.Connection(h11.CLIENT)
-    client.receive_data(data)
-    found: list[tuple[int, bytes]] = []
-    status, body = 0, b""
-    while len(found) < count:
-        if client.our_state is h11.IDLE:
-            client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-            client.send(h11.EndOfMessage())
-        event = client.next_event()
-        if isinstance(event, h11.Response):
-            status, body = event.status_code, b""
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            found.append((status, body))
-            if len(found) < count:
-                client.start_next_cycle()
-        else:
-            break
-    return found
 
 
 def test_requests_sent_ahead_on_one_connection_are_answered_in_order(

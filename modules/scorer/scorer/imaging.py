@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import io
 import math
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import Code, ScoringError
+from .heap import give_back_memory
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP")
 RESIZE_METHODS = ("Stretch", "ByShorterSide", "ByPixelCountAlign32")
@@ -96,12 +96,6 @@ class DecodeBudget:
             with self._condition:
                 self._free += cost
                 self._condition.notify_all()
-
-
-def give_back_memory() -> None:
-    """Return freed heap to the system after a large decode (glibc keeps it otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def decode_image(

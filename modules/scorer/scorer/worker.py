@@ -16,7 +16,6 @@ publisher at exit.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
@@ -137,15 +136,19 @@ class ScorerWorker(ThreadWorker):
             self.on_request_bytes(reading, client)  # readable now: no need to wait for it
 
     def start_reading(self, conn: ClientConnection) -> Reading | None:
-        """Read the next request; one the client sent ahead (pipelining) may be whole
-        already, and is dispatched at once (then None)."""
+        """Read the connection's next request. Requests the client sent ahead (pipelining)
+        may be whole already: each is answered or dispatched at once, one after the other
+        (not recursively: a client may send thousands, each refused with 429); then there
+        is nothing to read yet (None)."""
         limits = self.app.settings
-        frame = RequestFrame(conn.http, limits.max_body_bytes)
-        conn.frame = frame
-        reading = Reading(conn, frame, time.monotonic() + limits.client_timeout_s)
-        if conn.http.trailing_data[0] and frame.feed() is not Progress.NEED_MORE:
-            self.on_request_read(reading)
-            return None
+        while True:
+            frame = RequestFrame(conn.http, limits.max_body_bytes)
+            conn.frame = frame
+            reading = Reading(conn, frame, time.monotonic() + limits.client_timeout_s)
+            if not conn.http.trailing_data[0] or frame.feed() is Progress.NEED_MORE:
+                break
+            if not self.on_request_read(reading):
+                return None
         self.reading[conn] = reading
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, reading)
@@ -171,32 +174,35 @@ class ScorerWorker(ThreadWorker):
                 self.send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self.stop_reading(reading)
-        self.on_request_read(reading)
+        if self.on_request_read(reading):
+            self.start_reading(reading.conn)
 
-    def on_request_read(self, reading: Reading) -> None:
+    def on_request_read(self, reading: Reading) -> bool:
         """The request is whole or refused: answer the refusal here, or hand it to a
-        thread, which finds it parsed and buffered (the only hand-off of a request)."""
+        thread, which finds it parsed and buffered (the only hand-off of a request).
+        Whether the connection's next request is to be read now (after a kept-alive 429)."""
         conn, frame = reading.conn, reading.frame
         if frame.rejection is not None:
             self.refuse(conn, frame.rejection.code, frame.rejection.message)
-            return
+            return False
         if frame.method == b"POST":
             budget = self.app.settings.max_inflight
             if len(self.scoring) >= budget:
-                self.overloaded(conn, budget)
-                return
+                return self.overloaded(conn, budget)
             self.scoring.add(conn)
         self.enqueue_req(conn)
+        return False
 
-    def overloaded(self, conn: ClientConnection, budget: int) -> None:
-        """429 at once, and the connection kept: a busy client need not reconnect to retry."""
+    def overloaded(self, conn: ClientConnection, budget: int) -> bool:
+        """429 at once; the connection is kept (a busy client need not reconnect to retry)
+        unless the answer did not fit in its send buffer (a client that does not read)."""
         self.app.scorer.metrics.error(Code.OVERLOADED.value)
         message = f"{budget} requests are being scored; retry shortly (SCORER_MAX_INFLIGHT)"
-        self.send_quietly(conn, render(conn.http, error_answer(Code.OVERLOADED, message)))
-        if keeps_alive(conn.http):
-            self.start_reading(conn)
-        else:
-            self.close_softly(conn)
+        answer = render(conn.http, error_answer(Code.OVERLOADED, message))
+        if self.send_quietly(conn, answer) and keeps_alive(conn.http):
+            return True
+        self.close_softly(conn)
+        return False
 
     # --- in a thread: the app on the parsed request ---------------------------------------
 
@@ -251,10 +257,13 @@ class ScorerWorker(ThreadWorker):
         conn.close()
 
     @staticmethod
-    def send_quietly(conn: ClientConnection, data: bytes) -> None:
-        """Best effort on a non-blocking socket: a small answer fits in the send buffer."""
-        with contextlib.suppress(OSError):
-            conn.sock.send(data)
+    def send_quietly(conn: ClientConnection, data: bytes) -> bool:
+        """Best effort on a non-blocking socket (a small answer fits in the send buffer of
+        a client that reads); whether all of it went."""
+        try:
+            return bool(conn.sock.send(data) == len(data))
+        except OSError:
+            return False
 
     def refuse(self, conn: ClientConnection, code: Code, message: str) -> None:
         """Answer from the event loop, then close."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.arbiter import Arbiter
 
-from . import engine_cache, relay_status
+from . import engine_cache, heap, relay_status
 from .archive import ArchiveLimits
 from .auth import ApiKeys
 from .cache import cache_root
@@ -302,6 +302,7 @@ class Serving:
 def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource | None) -> Serving:
     """Build the scorer and load its model in the background; start gRPC, IoT Edge and the
     watchdog; return the Flask app. An export that cannot be read ends the worker."""
+    heap.keep_request_memory()
     try:
         spec = inspect_export(folder, model_options(settings), settings.cache_dir)
     except Exception as error:  # noqa: BLE001 - any failure to read it ends the worker
