@@ -25,7 +25,10 @@ CHECKS = ",".join(
 KEY = "contract-test-key-0123456789"
 
 
-def schemathesis(server: ScorerProcess, *extra: str) -> subprocess.CompletedProcess[str]:
+def schemathesis(
+    server: ScorerProcess, workdir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """The CLI run from `workdir`, where it keeps its cache (not in the checkout)."""
     return subprocess.run(
         [
             sys.executable,
@@ -46,15 +49,17 @@ def schemathesis(server: ScorerProcess, *extra: str) -> subprocess.CompletedProc
         text=True,
         timeout=600,
         check=False,
+        cwd=workdir,
     )
 
 
 @pytest.mark.parametrize("keys", [False, True], ids=["open", "with-keys"])
 def test_every_answer_conforms_to_the_openapi_document(
-    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, keys: bool
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, tmp_path: Path, keys: bool
 ) -> None:
     settings = {"PROVIDERS": "cpu", **({"API_KEYS": KEY} if keys else {})}
     server = start_scorer(demo_dir / "models" / "squares", **settings)
-    result = schemathesis(server, *(["-H", f"Authorization: Bearer {KEY}"] if keys else []))
+    header = ["-H", f"Authorization: Bearer {KEY}"] if keys else []
+    result = schemathesis(server, tmp_path, *header)
     assert result.returncode == 0, result.stdout[-6000:]
     assert " passed" in result.stdout and "Traceback" not in server.log
