@@ -128,6 +128,11 @@ def block(make: Callable[[], tuple[Call, Callable[[], None]]], images: list[byte
     return (len(latencies) + clients) / elapsed, latencies
 
 
+def shipped_env(model: Path, cache: Path, **settings: str) -> dict[str, str]:
+    """Ours as the module images run it (they set MALLOC_ARENA_MAX=2), on the CPU."""
+    return {**scorer_env(model, cache, PROVIDERS="cpu", **settings), "MALLOC_ARENA_MAX": "2"}
+
+
 def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.Namespace,
             cache: Path) -> dict[str, Any]:  # fmt: skip
     spec = inspect_export(model, cache_dir=cache)
@@ -143,11 +148,11 @@ def measure(model: Path, images: list[bytes], peer_script: str, args: argparse.N
         return call, lambda: None
 
     started = time.perf_counter()
-    ours = ScorerProcess(scorer_env(model, cache, PROVIDERS="cpu"))
+    ours = ScorerProcess(shipped_env(model, cache))
     ours.wait_ready()
     ours_cold = time.perf_counter() - started
     # The peers keep ONNX Runtime's default: its threads spin after every run.
-    spinning = ScorerProcess(scorer_env(model, cache, PROVIDERS="cpu", ORT_SPINNING="1"))
+    spinning = ScorerProcess(shipped_env(model, cache, ORT_SPINNING="1"))
     spinning.wait_ready()
     peer = Peer(peer_script, model)
     peer.wait(images[0])
