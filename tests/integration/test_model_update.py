@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -75,7 +76,8 @@ def _settled(updater: ModelUpdater) -> dict:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = updater.status()
-        if status["state"] in (UpdateState.READY.value, UpdateState.FAILED.value):
+        done = status["state"] in (UpdateState.READY.value, UpdateState.FAILED.value)
+        if done and not updater.busy:
             return status
         time.sleep(0.02)
     raise AssertionError(f"the update did not settle: {updater.status()}")
@@ -165,3 +167,39 @@ def test_a_damaged_store_pointer_neither_breaks_the_status_nor_an_update(
     assert updater.request(ModelRequest("v2", url, digest))
     assert _settled(updater)["state"] == "ready"
     assert updater.store.current() is not None and updater.store.current().version == "v2"
+
+
+def test_a_model_that_failed_for_good_is_not_downloaded_again_until_it_changes(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    """The twin asks for its desired model again at every reconnect: one with a wrong hash
+    is fetched once, not at each of them; a corrected one, or an operator asking, is."""
+    export = export_zip(demo_dir / "models" / "squares")
+    url, digest = server.add("/v2.zip", export)
+    wrong = ModelRequest("v2", url, "0" * 64)
+    assert updater.request(wrong)
+    assert "SHA-256 is" in _settled(updater)["lastError"]
+    fetched = len(server.ranges)
+    for _ in range(3):  # three reconnects
+        assert not updater.request(wrong)
+    assert len(server.ranges) == fetched and updater.status()["state"] == "failed"
+    assert updater.request(wrong, retry_failed=True)  # POST /admin/model
+    assert _settled(updater)["state"] == "failed" and len(server.ranges) > fetched
+    assert updater.request(ModelRequest("v2", url, digest))  # the desired model corrected
+    assert _settled(updater)["version"] == "v2"
+
+
+def test_a_model_the_network_failed_to_bring_is_tried_again(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/v2.zip"
+    url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
+    offline = ModelRequest("v2", unreachable, digest)
+    assert updater.request(offline)
+    assert "download failed" in _settled(updater)["lastError"]
+    assert updater.request(offline)  # at the next reconnect it is tried again
+    assert _settled(updater)["state"] == "failed"
+    assert updater.request(ModelRequest("v2", url, digest))
+    assert _settled(updater)["version"] == "v2"

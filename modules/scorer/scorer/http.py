@@ -240,7 +240,7 @@ def create_app(
             wanted = ModelRequest.parse(request.get_json(silent=True))
         except ValueError as error:
             raise ScoringError(Code.INVALID_ARGUMENT, f"model update: {error}") from None
-        started = updates.request(wanted)
+        started = updates.request(wanted, retry_failed=True)  # an operator asking again
         return jsonify(updates.status()), 202 if started else 200
 
     @app.post("/admin/model/rollback")

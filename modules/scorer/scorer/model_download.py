@@ -24,7 +24,8 @@ CHUNK = 1 << 16
 
 class DownloadError(ValueError):
     """The model could not be downloaded or is not the one asked for; says why. `final`:
-    trying again cannot help (a refusal, a limit, the deadline)."""
+    trying again cannot help (a refusal, a limit, the deadline); not final: the network
+    failed, now or after every attempt, and a later try may do."""
 
     def __init__(self, message: str, final: bool = True) -> None:
         super().__init__(message)
@@ -124,7 +125,7 @@ def download(url: str, target: Path, sha256: str, limits: DownloadLimits) -> Pat
             if isinstance(error, DownloadError) and error.final:
                 raise
             if attempt == limits.attempts - 1 or time.monotonic() >= deadline:
-                raise DownloadError(f"download failed: {last_error}") from None
+                raise DownloadError(f"download failed: {last_error}", final=False) from None
     actual = _sha256(part)
     if actual != sha256.lower():
         part.unlink(missing_ok=True)

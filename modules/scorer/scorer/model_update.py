@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import archive
 from .core import ScoreOptions, Scorer, Served, utc_timestamp, warmed_up
 from .model import ModelSpec
-from .model_download import DownloadLimits, download
+from .model_download import DownloadError, DownloadLimits, download
 from .model_store import ModelStore, Promoted, StoreError, check_version
 
 if TYPE_CHECKING:
@@ -70,6 +70,15 @@ class UpdateState(str, enum.Enum):
     VERIFYING = "verifying"
     WARMING = "warming"
     FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One update to run: what it does, the version it serves, its first state."""
+
+    run: Callable[[], None]
+    target: str
+    first: UpdateState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +130,12 @@ class ModelUpdater:
         self.updated_at: str | None = None
         self.target: str | None = None  # the version being installed
         self._lock = threading.Lock()
-        self._waiting: Callable[[], None] | None = None
+        self._waiting: Job | None = None
         self._busy = False
+        # The last request that failed for a reason trying again cannot mend (a wrong hash,
+        # a refused or oversized download, a bad archive or model, a canary). The twin asks
+        # for it again at every reconnect: it is not downloaded again until it changes.
+        self._given_up: ModelRequest | None = None
 
     def _promoted(self) -> Promoted | None:
         """The store's pointer; an unreadable one counts as none (the next promotion
@@ -147,18 +160,24 @@ class ModelUpdater:
             "updatedAt": self.updated_at,
         }
 
-    def request(self, wanted: ModelRequest) -> bool:
-        """Install and serve `wanted` in the background; False if it is served already.
+    def request(self, wanted: ModelRequest, retry_failed: bool = False) -> bool:
+        """Install and serve `wanted` in the background; False if it is served already, or
+        failed for good before (unless `retry_failed`: an operator asking again).
 
         A version name stands for one content: the current version is not fetched again,
         and the previous one is served from the store (as a rollback)."""
         promoted = self._promoted()
         if promoted is not None and wanted.version == promoted.version:
             return False
+        if wanted == self._given_up and not retry_failed:
+            log.info("model update: not trying version %s again, it failed: %s",
+                     wanted.version, self.last_error)  # fmt: skip
+            return False
         if promoted is not None and wanted.version == promoted.previous:
-            self._run(lambda: self._serve(wanted.version, self.store.folder(wanted.version)))
+            folder = self.store.folder(wanted.version)
+            self._run(lambda: self._serve(wanted.version, folder), wanted.version)
             return True
-        self._run(lambda: self._install(wanted))
+        self._run(lambda: self._install(wanted), wanted.version, UpdateState.DOWNLOADING)
         return True
 
     def rollback(self) -> str:
@@ -167,30 +186,52 @@ class ModelUpdater:
         if promoted is None or promoted.previous is None:
             raise ValueError("there is no previous version to roll back to")
         previous = promoted.previous
-        self._run(lambda: self._serve(previous, self.store.folder(previous)))
+        self._run(lambda: self._serve(previous, self.store.folder(previous)), previous)
         return previous
 
-    def _run(self, job: Callable[[], None]) -> None:
+    @property
+    def busy(self) -> bool:
+        """An update is running or waiting to."""
+        with self._lock:
+            return self._busy
+
+    def _run(
+        self, job: Callable[[], None], target: str, first: UpdateState = UpdateState.VERIFYING
+    ) -> None:
+        """Start `job` now, or after the running one (the newest waiting job wins). A job
+        started now shows its `first` state before this returns (never the last update's
+        outcome); it is reported to IoT Hub from the job's own thread, not the caller's."""
+        step = Job(job, target, first)
         with self._lock:
             if self._busy:
-                self._waiting = job  # the newest request wins; it runs after this one
+                self._waiting = step
                 return
             self._busy = True
-        threading.Thread(target=self._worker, args=(job,), name="model-update", daemon=True).start()
+            self._begin(step)
+        worker = threading.Thread(target=self._worker, args=(step,), name="model-update")
+        worker.daemon = True
+        worker.start()
 
-    def _worker(self, job: Callable[[], None]) -> None:
-        next_job: Callable[[], None] | None = job
-        while next_job is not None:
+    def _begin(self, step: Job) -> None:
+        self.target, self.last_error, self.state = step.target, None, step.first
+        self.updated_at = utc_timestamp("seconds")
+
+    def _worker(self, step: Job) -> None:
+        next_step: Job | None = step
+        while next_step is not None:
+            self.on_change()  # its first state
             try:
-                next_job()
+                next_step.run()
             except Exception as error:  # noqa: BLE001 - any failure: report it, keep serving
                 self._set(UpdateState.FAILED, f"{type(error).__name__}: {error}"[:500])
                 log.error("model update to %s failed; still serving %s: %s",
                           self.target, self.status()["version"], error)  # fmt: skip
             with self._lock:
-                next_job, self._waiting = self._waiting, None
-                if next_job is None:
+                next_step, self._waiting = self._waiting, None
+                if next_step is None:
                     self._busy = False
+                else:
+                    self._begin(next_step)
 
     def _set(self, state: UpdateState, error: str | None = None) -> None:
         self.state = state
@@ -200,10 +241,19 @@ class ModelUpdater:
         self.on_change()
 
     def _install(self, wanted: ModelRequest) -> None:
-        self.target = wanted.version
-        self.last_error = None
+        try:
+            self._download_and_serve(wanted)
+        except Exception as error:
+            # Worth another try: the network or the volume (a full disk) may mend.
+            passing = isinstance(error, OSError) or (
+                isinstance(error, DownloadError) and not error.final
+            )
+            self._given_up = None if passing else wanted
+            raise
+        self._given_up = None
+
+    def _download_and_serve(self, wanted: ModelRequest) -> None:
         log.info("model update: downloading version %s", wanted.version)
-        self._set(UpdateState.DOWNLOADING)
         staging = self.store.staging()
         try:
             bundle = download(wanted.url, staging / "export.zip", wanted.sha256, self.limits)
