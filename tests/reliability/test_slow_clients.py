@@ -190,8 +190,9 @@ def test_expect_100_continue_gets_continue_then_the_result(
         ),
         (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI_TOO_LONG"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, "MALFORMED_REQUEST"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "MALFORMED_REQUEST"),  # gRPC, wrong port
     ],
-    ids=["bad-chunk-size", "huge-headers", "long-uri", "bad-header-name"],
+    ids=["bad-chunk-size", "huge-headers", "long-uri", "bad-header-name", "http2-preface"],
 )
 def test_malformed_requests_get_their_code_in_json(
     server: ScorerProcess, request_bytes: bytes, status: int, code: str

@@ -185,6 +185,7 @@ def test_close_is_announced_and_ends_the_connection() -> None:
             Code.BODY_TOO_LARGE,
         ),
         (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", Code.MALFORMED_REQUEST),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Code.MALFORMED_REQUEST),
         (
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             Code.MALFORMED_REQUEST,
@@ -197,6 +198,7 @@ def test_close_is_announced_and_ends_the_connection() -> None:
         "announced-body",
         "chunked-body",
         "name",
+        "http2-preface",
         "chunk",
     ],
 )

@@ -100,6 +100,12 @@ class RequestFrame:
 
     def _check_headers(self, request: h11.Request) -> Progress | None:
         self.request = request
+        if request.http_version not in (b"1.0", b"1.1"):  # e.g. a gRPC client on this port
+            return self._reject(
+                Code.MALFORMED_REQUEST,
+                f"HTTP/{request.http_version.decode()} is not spoken here: this port serves "
+                "HTTP/1.1 (gRPC has its own port, SCORER_GRPC_PORT)",
+            )
         line = len(request.method) + len(request.target) + len(b" HTTP/1.1")
         if line > MAX_REQUEST_LINE:
             return self._reject(

@@ -48,7 +48,8 @@ def error_answer(code: Code, message: str) -> Answer:
     headers = [(b"Content-Type", b"application/json")]
     if code in (Code.OVERLOADED, Code.NOT_READY):
         headers.append((b"Retry-After", b"1"))
-    return Answer(HTTP_STATUS[code], headers, json.dumps(error_document(code, message)).encode())
+    body = json.dumps(error_document(code, message), separators=(",", ":")) + "\n"  # as Flask's
+    return Answer(HTTP_STATUS[code], headers, body.encode())
 
 
 class ClientConnection(TConn):
