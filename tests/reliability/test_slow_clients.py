@@ -263,3 +263,41 @@ def test_an_http_1_0_client_gets_its_answer_and_the_connection_closes(
         status, _, body = answer(sock)
         assert sock.recv(1) == b""  # closed after the answer, as HTTP/1.0 expects
     assert status == 200 and json.loads(body)["predictions"][0]["tagName"] == "green"
+
+
+def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Five stalled clients hold 950 KB of a 1 MB budget: the next one to send that much
+    is refused (429, counted); once the stalled ones time out, requests go through again."""
+    server = start_scorer(
+        demo_dir / "models" / "colors",
+        PROVIDERS="cpu",
+        MAX_BODY_BYTES=str(MAX_BODY),
+        READ_BUDGET_BYTES="1000000",
+        CLIENT_TIMEOUT_S="2",
+    )
+    head = (
+        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\n" % MAX_BODY
+    )
+    with ExitStack() as stack:
+        for _ in range(5):
+            stalled = stack.enter_context(connect(server))
+            stalled.sendall(head + b"\xff" * 190_000)  # most of a body, then nothing
+        time.sleep(0.5)  # the server has read them
+        with connect(server) as sock:
+            sock.sendall(head + b"\xff" * 190_000)
+            status, headers, body = answer(sock)
+        assert (status, error_code(body)) == (429, "OVERLOADED")
+        assert "SCORER_READ_BUDGET_BYTES" in json.loads(body)["error"]["message"]
+        assert headers["retry-after"] == "1"
+        time.sleep(2.5)  # past the client timeout: the stalled requests are ended (408)
+        image = (demo_dir / "images" / "red.jpg").read_bytes()
+        scored = requests.post(
+            server.url + "/score", data=image, headers={"Content-Type": "image/jpeg"}, timeout=5
+        )
+        assert scored.json()["predictions"][0]["tagName"] == "red"
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert 'scorer_requests_total{code="OVERLOADED"} 1.0' in metrics
+    assert 'scorer_requests_total{code="REQUEST_TIMEOUT"} 5.0' in metrics

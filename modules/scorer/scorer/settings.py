@@ -168,6 +168,11 @@ class Settings:
     client_timeout_s: float = _setting(
         10.0, _positive_float, "a request's headers and body must arrive within this (else 408)"
     )
+    read_budget_bytes: int = _setting(
+        128 * 1024 * 1024,
+        _positive_int,
+        "request bytes held at once by requests still arriving; beyond it 429",
+    )
     max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
     max_decode_bytes: int = _setting(
@@ -262,6 +267,8 @@ class Settings:
                 f"{settings.max_inflight}: the threads beyond it answer health checks, metrics "
                 "and 429 at once while every slot is scoring"
             )
+        if settings.read_budget_bytes < settings.max_body_bytes:
+            raise SettingsError("SCORER_READ_BUDGET_BYTES must be at least SCORER_MAX_BODY_BYTES")
         if settings.decode_budget_bytes < settings.max_decode_bytes:
             raise SettingsError(
                 "SCORER_DECODE_BUDGET_BYTES must be at least SCORER_MAX_DECODE_BYTES"

@@ -87,6 +87,7 @@ class Reading:
     frame: RequestFrame
     deadline: float
     continued: bool = False
+    held: int = 0  # bytes read for it so far, counted against SCORER_READ_BUDGET_BYTES
 
 
 @dataclasses.dataclass
@@ -108,6 +109,9 @@ class ScorerWorker(ThreadWorker):
         # Connections whose POST (every POST route scores) is with a thread: at most
         # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued.
         self.scoring: set[ClientConnection] = set()
+        # Bytes held by requests still arriving: without a bound, a thousand connections
+        # each sending most of a maximal body and stalling would hold gigabytes.
+        self.held = 0
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
         super().init_process()  # loads the app, then runs the loop
@@ -167,6 +171,18 @@ class ScorerWorker(ThreadWorker):
         if not data:  # the client went away before its request was whole
             self.stop_reading(reading)
             self.drop(conn)
+            return
+        reading.held += len(data)
+        self.held += len(data)
+        budget = self.app.settings.read_budget_bytes
+        if self.held > budget:
+            self.stop_reading(reading)
+            self.refuse(
+                conn,
+                Code.OVERLOADED,
+                f"requests still arriving hold more than {budget} bytes; retry shortly "
+                "(SCORER_READ_BUDGET_BYTES)",
+            )
             return
         progress = reading.frame.feed(data)
         if progress is Progress.NEED_MORE:
@@ -251,6 +267,7 @@ class ScorerWorker(ThreadWorker):
 
     def stop_reading(self, reading: Reading) -> None:
         del self.reading[reading.conn]
+        self.held -= reading.held
         self.poller.unregister(reading.conn.sock)
 
     def drop(self, conn: ClientConnection) -> None:
