@@ -6,8 +6,10 @@
    `/healthz` and gRPC `Score` latency meanwhile.
 2. 64 clients at 4x the in-flight budget (16) for `--seconds`: how many 200, 429 and
    failures, and p50/p99 of the 200s against the budget times one request's latency.
+3. 100 clients each sending 7.9 MB of an 8 MB body and stalling: their answers and the
+   worker's peak resident memory, against what they sent (SCORER_READ_BUDGET_BYTES).
 
-    .venv/bin/python bench/hostile.py [--seconds 60]
+    .venv/bin/python bench/hostile.py [--seconds 60] [--read-budget BYTES]
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import make_demo_models  # noqa: E402
 import requests  # noqa: E402
 from scorer.client import GrpcClient  # noqa: E402
 
-from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
+from tests.scorer_process import ScorerProcess, memory_mb, scorer_env, worker_pid  # noqa: E402
 
 BUDGET = 16
+STALLERS = 100
+MAX_BODY = 8 * 1024 * 1024
 
 
 def timed_ms(call, count: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -60,10 +64,37 @@ def hostile(server: ScorerProcess) -> list[socket.socket]:
     return held
 
 
+def stall_with_bodies(server: ScorerProcess) -> tuple[collections.Counter, float]:
+    """Answers to STALLERS clients each sending most of a maximal body, and the worker's
+    peak resident memory (MB) meanwhile."""
+    head = (
+        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\n" % MAX_BODY
+    )
+    body = b"\xff" * (MAX_BODY - 100_000)
+    worker = worker_pid(server.proc.pid)
+
+    def send(_: int) -> int | str:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
+            try:
+                sock.sendall(head + body)
+                answer = sock.recv(4096)  # an early refusal, or the 408 at the deadline
+            except OSError as error:
+                return type(error).__name__
+            return int(answer.split()[1]) if answer else "closed"
+
+    with concurrent.futures.ThreadPoolExecutor(STALLERS) as pool:
+        codes = collections.Counter(pool.map(send, range(STALLERS)))
+    return codes, memory_mb(worker, "VmHWM")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--read-budget", type=int, default=128 * 1024 * 1024, help="SCORER_READ_BUDGET_BYTES"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -132,6 +163,18 @@ def main() -> int:
             print(f"   200s p50 {percentile(ok, 0.5):.1f} ms, p99 {percentile(ok, 0.99):.1f} ms;"
                   f" budget x one request = {BUDGET * single:.1f} ms"
                   f" (p99 / that = {percentile(ok, 0.99) / (BUDGET * single):.2f})")  # fmt: skip
+        finally:
+            server.stop()
+        # the stalled bodies end with 408
+        env.update(SCORER_CLIENT_TIMEOUT_S="20", SCORER_READ_BUDGET_BYTES=str(args.read_budget))
+        server = ScorerProcess(env)
+        server.wait_ready()
+        try:
+            codes, peak = stall_with_bodies(server)
+            sent = STALLERS * (MAX_BODY - 100_000) / 1e6
+            print(f"\n3. {STALLERS} clients each stalling with 7.9 MB of an 8 MB body"
+                  f" ({sent:.0f} MB), read budget {args.read_budget / 1e6:.0f} MB")  # fmt: skip
+            print(f"   answers: {dict(codes)}; worker peak RSS {peak:.0f} MB")
         finally:
             server.stop()
     return 0
