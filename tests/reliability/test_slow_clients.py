@@ -269,7 +269,8 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
     start_scorer: Callable[..., ScorerProcess], demo_dir: Path
 ) -> None:
     """Five stalled clients hold 950 KB of a 1 MB budget: the next one to send that much
-    is refused (429, counted); once the stalled ones time out, requests go through again."""
+    is refused (429, counted), one waiting to send as much is told before it sends (no
+    "100 Continue"); once the stalled ones time out, requests go through again."""
     server = start_scorer(
         demo_dir / "models" / "colors",
         PROVIDERS="cpu",
@@ -292,6 +293,10 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
         assert (status, error_code(body)) == (429, "OVERLOADED")
         assert "SCORER_READ_BUDGET_BYTES" in json.loads(body)["error"]["message"]
         assert headers["retry-after"] == "1"
+        with connect(server) as sock:  # a client waiting to send its body is told before
+            sock.sendall(head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+            status, _, body = answer(sock)
+        assert (status, error_code(body)) == (429, "OVERLOADED")
         time.sleep(2.5)  # past the client timeout: the stalled requests are ended (408)
         image = (demo_dir / "images" / "red.jpg").read_bytes()
         scored = requests.post(
@@ -299,5 +304,5 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
         )
         assert scored.json()["predictions"][0]["tagName"] == "red"
     metrics = requests.get(server.url + "/metrics", timeout=5).text
-    assert 'scorer_requests_total{code="OVERLOADED"} 1.0' in metrics
+    assert 'scorer_requests_total{code="OVERLOADED"} 2.0' in metrics
     assert 'scorer_requests_total{code="REQUEST_TIMEOUT"} 5.0' in metrics

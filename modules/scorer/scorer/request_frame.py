@@ -64,6 +64,7 @@ class RequestFrame:
         self.received = 0
         self.rejection: Rejection | None = None
         self.expects_continue = False  # the client waits for "100 Continue" before its body
+        self.announced = 0  # the body's Content-Length (0 when chunked or none)
         self.request: h11.Request | None = None
 
     @property
@@ -126,6 +127,7 @@ class RequestFrame:
         length = headers.get(b"content-length")
         if length is not None and int(length) > self.max_body_bytes:
             return self._too_large()
+        self.announced = int(length or 0)
         self.expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
         return None
 

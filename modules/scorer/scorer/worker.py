@@ -174,25 +174,33 @@ class ScorerWorker(ThreadWorker):
             return
         reading.held += len(data)
         self.held += len(data)
-        budget = self.app.settings.read_budget_bytes
-        if self.held > budget:
-            self.stop_reading(reading)
-            self.refuse(
-                conn,
-                Code.OVERLOADED,
-                f"requests still arriving hold more than {budget} bytes; retry shortly "
-                "(SCORER_READ_BUDGET_BYTES)",
-            )
+        if self.held > self.app.settings.read_budget_bytes:
+            self.over_read_budget(reading)
             return
         progress = reading.frame.feed(data)
         if progress is Progress.NEED_MORE:
             if reading.frame.expects_continue and not reading.continued:
+                # A client that waits before sending its body learns now if it cannot fit.
+                if self.held + reading.frame.announced > self.app.settings.read_budget_bytes:
+                    self.over_read_budget(reading)
+                    return
                 reading.continued = True
                 self.send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self.stop_reading(reading)
         if self.on_request_read(reading):
             self.start_reading(reading.conn)
+
+    def over_read_budget(self, reading: Reading) -> None:
+        """429: requests still arriving hold, or with this one would hold, too much."""
+        self.stop_reading(reading)
+        budget = self.app.settings.read_budget_bytes
+        self.refuse(
+            reading.conn,
+            Code.OVERLOADED,
+            f"requests still arriving hold more than {budget} bytes; retry shortly "
+            "(SCORER_READ_BUDGET_BYTES)",
+        )
 
     def on_request_read(self, reading: Reading) -> bool:
         """The request is whole or refused: answer the refusal here, or hand it to a
