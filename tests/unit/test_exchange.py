@@ -111,6 +111,12 @@ def test_the_app_sees_path_query_body_and_headers_as_sent() -> None:
     assert b"date" in dict(head.headers)
 
 
+def test_a_header_with_an_underscore_cannot_pass_for_one_with_a_dash() -> None:
+    raw = b"GET /echo/x HTTP/1.1\r\nHost: s\r\nX_Many: forged\r\n\r\n"
+    data, _ = exchange(echo_app(), raw)
+    assert json.loads(answers(data)[0][1])["forwarded"] is None
+
+
 def test_a_chunked_body_reaches_the_app_whole() -> None:
     raw = (
         b"POST /echo/x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"

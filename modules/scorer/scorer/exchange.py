@@ -80,6 +80,8 @@ def wsgi_environ(request: h11.Request, body: bytes, peer: Peer) -> dict[str, Any
         "wsgi.run_once": False,
     }
     for name, value in request.headers:
+        if b"_" in name:  # as gunicorn: X_Key and X-Key would be one name in the environ
+            continue
         text = value.decode("latin-1")
         if name == b"content-type":
             environ["CONTENT_TYPE"] = text
