@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -287,6 +288,9 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
             stalled = stack.enter_context(connect(server))
             stalled.sendall(head + b"\xff" * 190_000)  # most of a body, then nothing
         time.sleep(0.5)  # the server has read them
+        held = gauge(server, "scorer_http_receiving_bytes")
+        assert 5 * 190_000 <= held <= 1_000_000
+        assert gauge(server, "scorer_http_connections") >= 6  # and this scrape's own
         with connect(server) as sock:
             sock.sendall(head + b"\xff" * 190_000)
             status, headers, body = answer(sock)
@@ -303,6 +307,13 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
             server.url + "/score", data=image, headers={"Content-Type": "image/jpeg"}, timeout=5
         )
         assert scored.json()["predictions"][0]["tagName"] == "red"
+    assert gauge(server, "scorer_http_receiving_bytes") == 0
     metrics = requests.get(server.url + "/metrics", timeout=5).text
     assert 'scorer_requests_total{code="OVERLOADED"} 2.0' in metrics
     assert 'scorer_requests_total{code="REQUEST_TIMEOUT"} 5.0' in metrics
+
+
+def gauge(server: ScorerProcess, name: str) -> float:
+    """One unlabelled metric's value, as /metrics shows it now."""
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    return float(re.search(rf"^{name} (\S+)$", metrics, re.M)[1])  # type: ignore[index]

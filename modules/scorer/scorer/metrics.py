@@ -35,6 +35,16 @@ class ScorerMetrics:
             registry=self.registry,
         )
 
+        self.http_connections = Gauge(
+            "scorer_http_connections",
+            "Open HTTP connections: being read, answered, kept alive or closing",
+            registry=self.registry,
+        )
+        self.http_receiving_bytes = Gauge(
+            "scorer_http_receiving_bytes",
+            "Bytes held by HTTP requests still arriving (bounded by SCORER_READ_BUDGET_BYTES)",
+            registry=self.registry,
+        )
         self.provider_fallback = Gauge(
             "scorer_provider_fallback",
             "An installed GPU execution provider that auto had to drop, by reason",

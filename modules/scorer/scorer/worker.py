@@ -116,6 +116,12 @@ class ScorerWorker(ThreadWorker):
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
         super().init_process()  # loads the app, then runs the loop
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        metrics = self.app.scorer.metrics  # read when /metrics is scraped
+        metrics.http_connections.set_function(lambda: self.nr_conns)
+        metrics.http_receiving_bytes.set_function(lambda: self.held)
+
     # --- reading requests in the event loop ---------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
