@@ -8,6 +8,9 @@
    failures, and p50/p99 of the 200s against the budget times one request's latency.
 3. 100 clients each sending 7.9 MB of an 8 MB body and stalling: their answers and the
    worker's peak resident memory, against what they sent (SCORER_READ_BUDGET_BYTES).
+4. 30 gRPC calls (raw HTTP/2) each sending 7.9 MB of an 8 MB message and stalling: the
+   worker's resident memory before and after; gRPC's core keeps what has arrived, so
+   SCORER_GRPC_MAX_CALLS x SCORER_MAX_BODY_BYTES is the bound there.
 
     .venv/bin/python bench/hostile.py [--seconds 60] [--read-budget BYTES]
 """
@@ -19,6 +22,7 @@ import collections
 import concurrent.futures
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -27,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "modules" / "scorer")]
 
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
 import make_demo_models  # noqa: E402
 import requests  # noqa: E402
 from scorer.client import GrpcClient  # noqa: E402
@@ -35,6 +41,7 @@ from tests.scorer_process import ScorerProcess, memory_mb, scorer_env, worker_pi
 
 BUDGET = 16
 STALLERS = 100
+GRPC_STALLERS = 30
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -86,6 +93,50 @@ def stall_with_bodies(server: ScorerProcess) -> tuple[collections.Counter, float
     with concurrent.futures.ThreadPoolExecutor(STALLERS) as pool:
         codes = collections.Counter(pool.map(send, range(STALLERS)))
     return codes, memory_mb(worker, "VmHWM")
+
+
+def grpc_partial_call(port: int, size: int) -> socket.socket:
+    """One Score call over raw HTTP/2 whose message stops 100 KB short; its socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    stream = connection.get_next_available_stream_id()
+    connection.send_headers(
+        stream,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/scoring.v1.Scoring/Score"),
+            (":authority", "scorer"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    length, varint = size, b""
+    while True:  # the image field's length as a protobuf varint
+        varint += bytes([(length & 0x7F) | (0x80 if length >> 7 else 0)])
+        length >>= 7
+        if not length:
+            break
+    message = b"\x0a" + varint + b"\xff" * size
+    framed = struct.pack(">BI", 0, len(message)) + message
+    unsent = memoryview(framed)[: len(framed) - 100_000]
+    sock.sendall(connection.data_to_send())
+    while unsent:
+        window = min(
+            connection.local_flow_control_window(stream), connection.max_outbound_frame_size
+        )
+        if window <= 0:  # wait for the server to open its window
+            try:
+                connection.receive_data(sock.recv(65536))
+            except TimeoutError:
+                break
+            sock.sendall(connection.data_to_send())
+            continue
+        connection.send_data(stream, bytes(unsent[:window]))
+        unsent = unsent[window:]
+        sock.sendall(connection.data_to_send())
+    return sock
 
 
 def main() -> int:
@@ -175,6 +226,17 @@ def main() -> int:
             print(f"\n3. {STALLERS} clients each stalling with 7.9 MB of an 8 MB body"
                   f" ({sent:.0f} MB), read budget {args.read_budget / 1e6:.0f} MB")  # fmt: skip
             print(f"   answers: {dict(codes)}; worker peak RSS {peak:.0f} MB")
+            worker = worker_pid(server.proc.pid)
+            before = memory_mb(worker, "VmRSS")
+            port = int(server.grpc_target.rsplit(":", 1)[1])
+            calls = [grpc_partial_call(port, MAX_BODY - 100) for _ in range(GRPC_STALLERS)]
+            time.sleep(1)
+            after = memory_mb(worker, "VmRSS")
+            for sock in calls:
+                sock.close()
+            print(f"\n4. {GRPC_STALLERS} gRPC calls each stalling with 7.9 MB of an 8 MB message")
+            print(f"   worker RSS {before:.0f} MB before, {after:.0f} MB while they stall"
+                  f" (+{(after - before) / GRPC_STALLERS:.1f} MB per call)")  # fmt: skip
         finally:
             server.stop()
     return 0
