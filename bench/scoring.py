@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "modules" / "scorer"), str(REPO / "scripts
 
 import make_demo_models  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from scorer import imaging  # noqa: E402
+from scorer import heap, imaging  # noqa: E402
 from scorer.client import GrpcClient, HttpClient, ScoringFailed  # noqa: E402
 from scorer.core import Scorer, ScorerConfig  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
@@ -229,6 +229,7 @@ def main() -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="real exports")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     args = parser.parse_args()
+    heap.keep_request_memory()  # (a) and (b) keep their memory between calls, as the worker does
     with tempfile.TemporaryDirectory() as work:
         demo = Path(work) / "demo"
         make_demo_models.main(["make_demo_models.py", str(demo)])
