@@ -287,9 +287,11 @@ def test_bytes_held_by_requests_still_arriving_are_bounded_and_refusals_counted(
         for _ in range(5):
             stalled = stack.enter_context(connect(server))
             stalled.sendall(head + b"\xff" * 190_000)  # most of a body, then nothing
-        time.sleep(0.5)  # the server has read them
-        held = gauge(server, "scorer_http_receiving_bytes")
-        assert 5 * 190_000 <= held <= 1_000_000
+        deadline = time.monotonic() + 10  # until the server has read what they sent
+        while gauge(server, "scorer_http_receiving_bytes") < 5 * 190_000:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert gauge(server, "scorer_http_receiving_bytes") <= 1_000_000
         assert gauge(server, "scorer_http_connections") >= 6  # and this scrape's own
         with connect(server) as sock:
             sock.sendall(head + b"\xff" * 190_000)
