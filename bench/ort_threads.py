@@ -25,15 +25,9 @@ import make_demo_models  # noqa: E402
 from scorer.client import HttpClient  # noqa: E402
 from scoring import concurrently  # noqa: E402
 
-from tests.scorer_process import ScorerProcess, scorer_env, worker_pid  # noqa: E402
+from tests.scorer_process import ScorerProcess, cpu_seconds, scorer_env, worker_pid  # noqa: E402
 
 CLIENTS = (1, 2, 4)
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def measure(model: Path, images: list[bytes], spinning: bool, requests: int, cache: Path) -> dict:

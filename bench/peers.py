@@ -43,17 +43,17 @@ from scorer.client import GrpcClient, HttpClient  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
 from scorer.session import open_session  # noqa: E402
 
-from tests.scorer_process import ScorerProcess, memory_mb, scorer_env, worker_pid  # noqa: E402
+from tests.scorer_process import (  # noqa: E402
+    ScorerProcess,
+    cpu_seconds,
+    memory_mb,
+    scorer_env,
+    worker_pid,
+)
 
 LEVELS = (1, 2, 4, 8)
-TICKS = os.sysconf("SC_CLK_TCK")
 SHARED = REPO.parent / "shared"
 Call = Callable[[bytes], Any]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ worker's CPU time per request (from /proc), with the change's difference.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,10 @@ sys.path[:0] = [str(REPO), str(REPO / "modules" / "scorer")]
 
 from scorer.client import HttpClient  # noqa: E402
 
-from tests.scorer_process import ScorerProcess, scorer_env, worker_pid  # noqa: E402
+from tests.scorer_process import ScorerProcess, cpu_seconds, scorer_env, worker_pid  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 SHARED = REPO.parent / "shared"
 BLOCK = 50
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def start(tree: Path, model: Path, cache: Path) -> ScorerProcess:

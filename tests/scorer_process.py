@@ -144,3 +144,19 @@ def memory_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of `/proc/<pid>/stat` after the command name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults a process had served without I/O so far (`minflt`)."""
+    return int(_stat_fields(pid)[7])

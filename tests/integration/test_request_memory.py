@@ -12,14 +12,9 @@ import numpy as np
 from PIL import Image
 from scorer.client import HttpClient
 
-from tests.scorer_process import ScorerProcess, worker_pid
+from tests.scorer_process import ScorerProcess, minor_faults, worker_pid
 
 REQUESTS = 40
-
-
-def minor_faults(pid: int) -> int:
-    """Page faults served without I/O so far (`minflt` of /proc/<pid>/stat)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def camera_frame() -> bytes:
