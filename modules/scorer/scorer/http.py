@@ -18,7 +18,7 @@ from .auth import CHALLENGE, NO_KEYS, ApiKeys, is_open, presented_key
 from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
-from .http_errors import HTTP_STATUS, printable
+from .http_errors import HTTP_STATUS, RETRY_LATER, printable
 from .model_update import ModelRequest, ModelUpdater
 from .openapi import API_VERSION, CONTAINER_PREFIXES
 
@@ -42,7 +42,7 @@ def error_response(code: Code, message: str) -> Response:
     """The one error body of ARCHITECTURE.md, with its HTTP status."""
     response = jsonify(error_document(code, message))
     response.status_code = HTTP_STATUS[code]
-    if code in (Code.OVERLOADED, Code.NOT_READY):
+    if code in RETRY_LATER:
         response.headers["Retry-After"] = "1"
     if code is Code.UNAUTHENTICATED:
         response.headers["WWW-Authenticate"] = CHALLENGE

@@ -1,5 +1,6 @@
-"""The HTTP status of every error code, and log-safe text: what the gunicorn worker class
-needs too. The master imports that class, so this module imports nothing heavy."""
+"""The HTTP status of every error code, which ones say when to retry, and log-safe text:
+what the gunicorn worker class needs too. The master imports that class, so this module
+imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAUTHENTICATED: 401,
     Code.INTERNAL: 500,
 }
+# Answered with `Retry-After: 1`: the request was fine, the scorer is busy or not ready yet.
+RETRY_LATER = frozenset({Code.OVERLOADED, Code.NOT_READY})
 
 
 def printable(text: str) -> str:

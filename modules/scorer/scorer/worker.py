@@ -31,7 +31,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import Code, error_document
 from .exchange import Answer, Peer, call_app, keeps_alive, render, wsgi_environ
-from .http_errors import HTTP_STATUS
+from .http_errors import HTTP_STATUS, RETRY_LATER
 from .request_frame import Progress, RequestFrame, http_connection
 
 log = logging.getLogger("scorer.http")
@@ -46,10 +46,16 @@ DRAIN_BYTES = 1 << 20
 def error_answer(code: Code, message: str) -> Answer:
     """An error in the scorer's JSON shape, as the app would answer it."""
     headers = [(b"Content-Type", b"application/json")]
-    if code in (Code.OVERLOADED, Code.NOT_READY):
+    if code in RETRY_LATER:
         headers.append((b"Retry-After", b"1"))
     body = json.dumps(error_document(code, message), separators=(",", ":")) + "\n"  # as Flask's
     return Answer(HTTP_STATUS[code], headers, body.encode())
+
+
+def closing_error(code: Code, message: str) -> bytes:
+    """An error answer that ends the connection, framed without the connection's h11 state
+    (which may be broken)."""
+    return render(http_connection(), error_answer(code, message), close=True)
 
 
 class ClientConnection(TConn):
@@ -87,7 +93,6 @@ class Reading:
     frame: RequestFrame
     deadline: float
     continued: bool = False
-    held: int = 0  # bytes read for it so far, counted against SCORER_READ_BUDGET_BYTES
 
 
 @dataclasses.dataclass
@@ -178,11 +183,10 @@ class ScorerWorker(ThreadWorker):
             self.stop_reading(reading)
             self.drop(conn)
             return
-        reading.held += len(data)
-        self.held += len(data)
-        if self.held > self.app.settings.read_budget_bytes:
+        if self.held + len(data) > self.app.settings.read_budget_bytes:
             self.over_read_budget(reading)
             return
+        self.held += len(data)  # and the frame counts what it was fed (`received`)
         progress = reading.frame.feed(data)
         if progress is Progress.NEED_MORE:
             if reading.frame.expects_continue and not reading.continued:
@@ -247,8 +251,7 @@ class ScorerWorker(ThreadWorker):
             data = render(conn.http, answer, close=not self.alive)
         except Exception:  # the app answers its own errors: this is a bug
             log.exception("cannot answer %s %s", frame.method.decode(), conn.peer.client)
-            internal = error_answer(Code.INTERNAL, "internal error; logged")
-            data = render(http_connection(), internal, close=True)
+            data = closing_error(Code.INTERNAL, "internal error; logged")
             conn.http = http_connection()  # this one ended in an error: never reused
         try:
             conn.sock.settimeout(self.app.settings.client_timeout_s)  # a client that never reads
@@ -281,7 +284,7 @@ class ScorerWorker(ThreadWorker):
 
     def stop_reading(self, reading: Reading) -> None:
         del self.reading[reading.conn]
-        self.held -= reading.held
+        self.held -= reading.frame.received
         self.poller.unregister(reading.conn.sock)
 
     def drop(self, conn: ClientConnection) -> None:
@@ -301,7 +304,7 @@ class ScorerWorker(ThreadWorker):
         """Answer from the event loop, then close."""
         self.app.scorer.metrics.error(code.value)
         log.info("refused a request from %s: %s %s", conn.client, code.value, message)
-        self.send_quietly(conn, render(http_connection(), error_answer(code, message), close=True))
+        self.send_quietly(conn, closing_error(code, message))
         self.close_softly(conn)
 
     def close_softly(self, conn: ClientConnection) -> None:
