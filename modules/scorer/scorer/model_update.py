@@ -174,8 +174,7 @@ class ModelUpdater:
                      wanted.version, self.last_error)  # fmt: skip
             return False
         if promoted is not None and wanted.version == promoted.previous:
-            folder = self.store.folder(wanted.version)
-            self._run(lambda: self._serve(wanted.version, folder), wanted.version)
+            self._serve_stored(wanted.version)
             return True
         self._run(lambda: self._install(wanted), wanted.version, UpdateState.DOWNLOADING)
         return True
@@ -185,9 +184,13 @@ class ModelUpdater:
         promoted = self._promoted()
         if promoted is None or promoted.previous is None:
             raise ValueError("there is no previous version to roll back to")
-        previous = promoted.previous
-        self._run(lambda: self._serve(previous, self.store.folder(previous)), previous)
-        return previous
+        self._serve_stored(promoted.previous)
+        return promoted.previous
+
+    def _serve_stored(self, version: str) -> None:
+        """Serve a version the store still has (the previous one) again."""
+        folder = self.store.folder(version)
+        self._run(lambda: self._serve(version, folder), version)
 
     @property
     def busy(self) -> bool:
@@ -270,8 +273,7 @@ class ModelUpdater:
             raise
 
     def _serve(self, version: str, folder: Path) -> None:
-        self.target = version
-        self._set(UpdateState.VERIFYING)
+        """Check, load, warm and swap in an unpacked version (its state: verifying)."""
         export = archive.export_folder(folder)
         spec = self.inspect(export)
         self._set(UpdateState.WARMING)
