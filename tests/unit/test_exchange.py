@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import h11
 import pytest
 from flask import Flask, Response, request
 from scorer.errors import Code
@@ -18,6 +17,8 @@ from scorer.request_frame import (
     RequestFrame,
     http_connection,
 )
+
+from tests.http_answers import responses
 
 PEER = Peer(("10.0.0.7", 50123), ("0.0.0.0", 8080), "http")
 
@@ -51,32 +52,6 @@ def echo_app() -> Flask:
     return app
 
 
-def answers(data: bytes) -> list[tuple[h11.Response, bytes]]:
-    """The responses in `data`, as a client reads them."""
-    client = h11.Connection(h11.CLIENT)
-    client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-    client.send(h11.EndOfMessage())
-    client.receive_data(data)
-    found: list[tuple[h11.Response, bytes]] = []
-    head, body = None, b""
-    while True:
-        event = client.next_event()
-        if isinstance(event, h11.Response):
-            head, body = event, b""
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert head is not None
-            found.append((head, body))
-            if client.our_state is not h11.DONE or client.their_state is not h11.DONE:
-                return found
-            client.start_next_cycle()
-            client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-            client.send(h11.EndOfMessage())
-        else:
-            return found
-
-
 def head_fields(data: bytes) -> list[tuple[bytes, bytes]]:
     lines = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
     return [(n.strip().lower(), v.strip()) for n, v in (line.split(b":", 1) for line in lines)]
@@ -99,7 +74,7 @@ def test_the_app_sees_path_query_body_and_headers_as_sent() -> None:
         b"Content-Type: image/jpeg\r\nX-Many: one\r\nX-Many: two\r\nContent-Length: 5\r\n\r\nhello"
     )
     data, kept = exchange(echo_app(), raw)
-    [(head, body)] = answers(data)
+    [(head, body)] = responses(data)
     seen = json.loads(body)
     assert head.status_code == 200 and kept
     assert seen["path"] == "/echo/a b/c" and seen["rest"] == "a b/c"
@@ -114,7 +89,7 @@ def test_the_app_sees_path_query_body_and_headers_as_sent() -> None:
 def test_a_header_with_an_underscore_cannot_pass_for_one_with_a_dash() -> None:
     raw = b"GET /echo/x HTTP/1.1\r\nHost: s\r\nX_Many: forged\r\n\r\n"
     data, _ = exchange(echo_app(), raw)
-    assert json.loads(answers(data)[0][1])["forwarded"] is None
+    assert json.loads(responses(data)[0][1])["forwarded"] is None
 
 
 def test_a_chunked_body_reaches_the_app_whole() -> None:
@@ -123,7 +98,7 @@ def test_a_chunked_body_reaches_the_app_whole() -> None:
         b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
     )
     data, _ = exchange(echo_app(), raw)
-    assert json.loads(answers(data)[0][1])["body"] == "abcdefg"
+    assert json.loads(responses(data)[0][1])["body"] == "abcdefg"
 
 
 def test_head_gets_the_length_and_no_body() -> None:
@@ -141,7 +116,7 @@ def test_http_1_0_and_connection_close_end_the_connection() -> None:
 
 def test_a_streamed_answer_is_sent_in_one_piece() -> None:
     data, kept = exchange(echo_app(), b"GET /stream HTTP/1.1\r\nHost: s\r\n\r\n")
-    [(head, body)] = answers(data)
+    [(head, body)] = responses(data)
     assert head.status_code == 200 and body == b"one two three" and kept
 
 
@@ -158,7 +133,7 @@ def test_requests_sent_ahead_are_answered_in_order_on_one_connection() -> None:
         assert keeps_alive(connection)
         frame = RequestFrame(connection, 1000)
         assert frame.feed() is (Progress.COMPLETE if n < 2 else Progress.NEED_MORE)
-    assert [json.loads(body)["rest"] for _, body in answers(sent)] == ["0", "1", "2"]
+    assert [json.loads(body)["rest"] for _, body in responses(sent)] == ["0", "1", "2"]
 
 
 def test_close_is_announced_and_ends_the_connection() -> None:
