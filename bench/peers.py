@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from scorer.session import open_session  # noqa: E402
 from tests.scorer_process import (  # noqa: E402
     ScorerProcess,
     cpu_seconds,
+    free_port,
     memory_mb,
     scorer_env,
     worker_pid,
@@ -54,12 +54,6 @@ from tests.scorer_process import (  # noqa: E402
 LEVELS = (1, 2, 4, 8)
 SHARED = REPO.parent / "shared"
 Call = Callable[[bytes], Any]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Peer:

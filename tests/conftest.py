@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,13 +28,6 @@ def shared_model_dirs() -> list[Path]:
     if not SHARED_MODELS.is_dir():
         return []
     return sorted(p for p in SHARED_MODELS.iterdir() if (p / "model.onnx").is_file())
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (for servers that cannot bind port 0 themselves)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @functools.cache

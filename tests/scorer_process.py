@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -160,3 +161,10 @@ def cpu_seconds(pid: int) -> float:
 def minor_faults(pid: int) -> int:
     """Page faults a process had served without I/O so far (`minflt`)."""
     return int(_stat_fields(pid)[7])
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for servers that cannot bind port 0 themselves)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.deploy.dockerfile import Stage, context_of, stages
 from tests.edge.harness import module_environment, wait_for
+from tests.scorer_process import free_port
 
 DOCKERFILES = sorted([*REPO.glob("modules/*/Dockerfile*"), *REPO.glob("base_images/*/Dockerfile*")])
 MODULE_DOCKERFILES = [p for p in DOCKERFILES if p.parent.parent.name == "modules"]

@@ -8,9 +8,9 @@ import time
 import urllib.request
 import uuid
 
-from tests.conftest import free_port
 from tests.edge.conftest import EdgeDevice
 from tests.edge.harness import wait_for
+from tests.scorer_process import free_port
 
 
 def relay_settings(device: EdgeDevice, **extra: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from scorer.model_update import ModelRequest, ModelUpdater, UpdateState
 from scorer.session import open_session
 
 from tests.model_server import ModelServer, export_zip, model_server
+from tests.scorer_process import free_port
 
 LAB = DownloadLimits(max_bytes=1 << 24, deadline_s=30, allow_http=True)
 
@@ -192,9 +192,7 @@ def test_a_model_that_failed_for_good_is_not_downloaded_again_until_it_changes(
 def test_a_model_the_network_failed_to_bring_is_tried_again(
     updater: ModelUpdater, server: ModelServer, demo_dir: Path
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on: connections are refused
-        probe.bind(("127.0.0.1", 0))
-        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/v2.zip"
+    unreachable = f"http://127.0.0.1:{free_port()}/v2.zip"  # connections are refused
     url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
     offline = ModelRequest("v2", unreachable, digest)
     assert updater.request(offline)

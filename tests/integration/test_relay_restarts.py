@@ -17,7 +17,7 @@ from relay.relay import Relay
 from relay.settings import Settings
 from relay.spool import MIN_SPOOL_BYTES, Spool, StorageFull
 
-from tests.conftest import free_port
+from tests.scorer_process import free_port
 from tests.unit.test_policy import result
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
-from tests.scorer_process import ScorerProcess
+from tests.scorer_process import ScorerProcess, free_port
 
 pytestmark = pytest.mark.reliability
 
