@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ TRIM_THRESHOLD = 16 * 1024 * 1024
 # (32 and 64 MB kept 230 MB more after a burst of 36-megapixel images; 16 and 32 MB, 90 MB)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (each large decode asks for it again)."""
     try:
         return ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (musl, macOS): its allocator is left as it is
