@@ -36,6 +36,7 @@ import h2.connection  # noqa: E402
 import make_demo_models  # noqa: E402
 import requests  # noqa: E402
 from scorer.client import GrpcClient  # noqa: E402
+from scorer.generated import scoring_pb2  # noqa: E402
 
 from tests.scorer_process import ScorerProcess, memory_mb, scorer_env, worker_pid  # noqa: E402
 
@@ -112,13 +113,7 @@ def grpc_partial_call(port: int, size: int) -> socket.socket:
             ("te", "trailers"),
         ],
     )
-    length, varint = size, b""
-    while True:  # the image field's length as a protobuf varint
-        varint += bytes([(length & 0x7F) | (0x80 if length >> 7 else 0)])
-        length >>= 7
-        if not length:
-            break
-    message = b"\x0a" + varint + b"\xff" * size
+    message = scoring_pb2.ScoreRequest(image=b"\xff" * size).SerializeToString()
     framed = struct.pack(">BI", 0, len(message)) + message
     unsent = memoryview(framed)[: len(framed) - 100_000]
     sock.sendall(connection.data_to_send())
