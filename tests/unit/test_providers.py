@@ -50,7 +50,7 @@ def test_other_threads_output_is_never_swallowed_while_probing(
 
 
 def test_auto_always_ends_with_cpu_and_only_keeps_gpu_providers_that_work() -> None:
-    chosen, fallbacks = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, fallbacks = providers.resolve(("auto",))
     names = [c if isinstance(c, str) else c[0] for c in chosen]
     assert names[-1] == "CPUExecutionProvider"
     assert ("CUDAExecutionProvider" in names) == CUDA_WORKS
@@ -98,7 +98,7 @@ def test_a_gpu_that_fails_for_another_reason_says_why(tmp_path: Path) -> None:
 @pytest.mark.skipif(CUDA_WORKS, reason="CUDA works here, so insisting on it cannot fail")
 def test_insisting_on_a_provider_that_does_not_initialise_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider was requested but"):
-        providers.resolve(("CUDAExecutionProvider", "CPUExecutionProvider"), {})
+        providers.resolve(("CUDAExecutionProvider", "CPUExecutionProvider"))
 
 
 def test_a_provider_missing_from_the_build_is_reported_as_such() -> None:
@@ -118,7 +118,7 @@ def test_auto_on_this_machine_loads_a_session_quietly(
 ) -> None:
     """With onnxruntime-gpu on a CPU-only machine nothing native reaches the terminal."""
     capfd.readouterr()  # drop what fixtures printed
-    chosen, _ = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, _ = providers.resolve(("auto",))
     model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
     model.warm_up()
     out, err = capfd.readouterr()
@@ -129,7 +129,7 @@ def test_auto_on_this_machine_loads_a_session_quietly(
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_WORKS, reason="needs a CUDA GPU with onnxruntime-gpu")
 def test_auto_runs_on_cuda_when_there_is_a_gpu(demo_dir: Path) -> None:
-    chosen, _ = providers.resolve(("auto",), providers.tensorrt_options(True, None))
+    chosen, _ = providers.resolve(("auto",))
     model = open_session(inspect_export(demo_dir / "models" / "colors"), chosen)
     assert model.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     assert "CUDAExecutionProvider" in ort.get_available_providers()

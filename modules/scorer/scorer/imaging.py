@@ -34,6 +34,9 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     dtype: type = np.float32
+    # ByPixelCountAlign32 only: an image more elongated than this is sized as if it were this
+    # elongated, so its input stays within a TensorRT profile built for that range.
+    max_aspect: float | None = None
 
     @property
     def resampling(self) -> Image.Resampling:
@@ -162,7 +165,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def resized_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int]:
+def resized_size(width: float, height: float, prep: Preprocessing) -> tuple[int, int]:
     """The (width, height) the image is resized to before any crop."""
     target_w, target_h = prep.target_size
     if prep.resize_method == "Stretch":
@@ -175,6 +178,8 @@ def resized_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int
     # about target_w*target_h pixels, aspect kept, each side truncated and then rounded to
     # 32s by Python's `round` (half to even). A side it would make 0 (an image over 16x as
     # wide as high) is 32 here, where the script fails.
+    if prep.max_aspect is not None:
+        width, height = min(width, height * prep.max_aspect), min(height, width * prep.max_aspect)
     ratio = math.sqrt(target_w * target_h / (width * height))
     return (
         max(32, 32 * round(int(width * ratio) / 32)),

@@ -73,6 +73,8 @@ class ModelOptions:
     yolo_max_detections: int = 20
     yolo_prob_threshold: float = 0.10
     yolo_resize: YoloResize = YoloResize.EXPORT
+    # Sized by pixel count, images beyond this width:height are sized as if at it (TensorRT)
+    yolo_max_aspect: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,6 +358,7 @@ def _preprocessing(
         mean=(mean[0], mean[1], mean[2]),
         std=(std[0], std[1], std[2]),
         dtype=dtype,
+        max_aspect=options.yolo_max_aspect if resize == YOLO_DEFAULT_RESIZE else None,
     )
 
 

@@ -29,7 +29,8 @@ from onnx import TensorProto, helper
 log = logging.getLogger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
-GPU_PREFERENCE = (TENSORRT, "CUDAExecutionProvider")
+CUDA = "CUDAExecutionProvider"
+GPU_PREFERENCE = (TENSORRT, CUDA)
 CPU = "CPUExecutionProvider"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOAD_ERROR = re.compile(r"with error: (.*)")
@@ -165,9 +166,20 @@ def provider_works(name: str) -> tuple[bool, str]:
     return False, (reasons[0] if reasons else "it did not initialise (no GPU or drivers)")[:300]
 
 
-def tensorrt_options(fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
-    """TensorRT provider options: FP16 and an engine cache so restarts skip the engine build."""
-    options: dict[str, Any] = {"trt_fp16_enable": fp16}
+class CudnnSearch(str, enum.Enum):
+    """How the CUDA provider picks a convolution kernel for each new input shape."""
+
+    EXHAUSTIVE = "EXHAUSTIVE"  # tries them all: the fastest runs, the slowest first run
+    HEURISTIC = "HEURISTIC"  # cuDNN's guess
+    DEFAULT = "DEFAULT"  # one fixed kernel: the least workspace memory
+
+
+def tensorrt_options(
+    fp16: bool, cache_dir: Path | None, profile: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """TensorRT provider options: FP16, an engine cache so restarts skip the engine build, and
+    an explicit shape profile (`input_sizes.tensorrt_profile`) for inputs of several sizes."""
+    options: dict[str, Any] = {"trt_fp16_enable": fp16, **(profile or {})}
     if cache_dir is not None:
         options.update(
             trt_engine_cache_enable=True,
@@ -178,26 +190,43 @@ def tensorrt_options(fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
     return options
 
 
+def cuda_options(search: CudnnSearch, memory_limit_bytes: int) -> dict[str, Any]:
+    """CUDA provider options: the kernel search, an arena that grows by what is asked (on a
+    Jetson the GPU's memory is the device's RAM: growing by doubling can hold twice what the
+    model needs), and that arena's limit when one is set (0: none)."""
+    options: dict[str, Any] = {
+        "cudnn_conv_algo_search": search.value,
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    if memory_limit_bytes:
+        options["gpu_mem_limit"] = memory_limit_bytes
+    return options
+
+
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 
-def resolve(requested: Sequence[str], trt: dict[str, Any]) -> tuple[ProviderList, list[Fallback]]:
-    """Provider list for the session, and the installed GPU providers `auto` had to drop.
+def with_options(names: Sequence[str], options: dict[str, dict[str, Any]]) -> ProviderList:
+    """The session's provider list: each provider with its options, where it has some."""
+    return [(name, options[name]) if name in options else name for name in names]
+
+
+def resolve(requested: Sequence[str]) -> tuple[list[str], list[Fallback]]:
+    """Providers for the session, and the installed GPU providers `auto` had to drop.
 
     `auto` keeps the GPU providers that work, then CPU; dropping one that this build has is
     logged at WARNING when the machine has a GPU (INFO on a CPU machine). An explicit list is
     the operator's demand: a provider in it that does not initialise stops the start with a
     clear error instead of silently falling back.
     """
-    options = {TENSORRT: trt}
-    chosen: ProviderList = []
+    chosen: list[str] = []
     nodes = gpu_device_nodes()
     if tuple(requested) == ("auto",):
         fallbacks: list[Fallback] = []
         for name in GPU_PREFERENCE:
             works, why = provider_works(name)
             if works:
-                chosen.append((name, options[name]) if name in options else name)
+                chosen.append(name)
             elif name not in ort.get_available_providers():
                 log.info("%s unavailable: %s", name, why)
             else:
@@ -218,5 +247,5 @@ def resolve(requested: Sequence[str], trt: dict[str, Any]) -> tuple[ProviderList
             if name in ort.get_available_providers():
                 why = classify_failure(name, why, nodes).detail
             raise RuntimeError(f"execution provider {name} was requested but {why}")
-        chosen.append((name, options[name]) if name in options else name)
+        chosen.append(name)
     return chosen, []

@@ -7,30 +7,119 @@ then forked aborts at exit in the child (std::system_error from ORT's static sta
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from . import decode, providers
+from .input_sizes import input_sizes
 from .model import ModelError, ModelKind, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class Choice(str, enum.Enum):
+    """An operator's choice for a GPU feature: `auto` takes it on GPU providers only."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+    def applies(self, on_gpu: bool) -> bool:
+        return self is Choice.ON or (self is Choice.AUTO and on_gpu)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preparation:
+    """What the session prepares before it serves: IO binding for fixed-size inputs, and
+    warm-up of every input size a pixel-count export sees (images up to `max_aspect`:1)."""
+
+    io_binding: Choice = Choice.AUTO
+    warm_every_size: Choice = Choice.AUTO
+    max_aspect: float = 2.5
+
+
+class BoundRuns:
+    """Runs through an IO binding per thread, each with its own input buffer kept on the
+    session's device: a fixed-size input is copied into it, with no allocation per run."""
+
+    def __init__(self, session: ort.InferenceSession, spec: ModelSpec, device: str) -> None:
+        self.session = session
+        self.spec = spec
+        self.device = device
+        self._local = threading.local()
+
+    def run(self, tensor: np.ndarray) -> list[Any]:
+        buffer: ort.OrtValue | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = ort.OrtValue.ortvalue_from_numpy(tensor, self.device, 0)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.spec.input_name, buffer)
+            for name in self.spec.output_names:
+                binding.bind_output(name, "cpu")
+            self._local.buffer, self._local.binding = buffer, binding
+        else:
+            buffer.update_inplace(tensor)
+        binding = self._local.binding
+        self.session.run_with_iobinding(binding)
+        outputs: list[Any] = binding.copy_outputs_to_cpu()
+        return outputs
 
 
 class LoadedModel:
     """One ONNX Runtime session around a `ModelSpec`; `predict` is safe from many threads."""
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        preparation: Preparation = Preparation(),
+    ) -> None:
         self.spec = spec
         self.session = session
         self.providers: tuple[str, ...] = tuple(session.get_providers())
+        on_gpu = self.providers[0] in providers.GPU_PREFERENCE
+        prep = spec.preprocessing
+        every_size = input_sizes(prep, preparation.max_aspect)
+        self.warm_sizes = (
+            every_size
+            if preparation.warm_every_size.applies(on_gpu)
+            else (prep.crop_size or prep.target_size,)
+        )
+        self._sizes_run = set(self.warm_sizes)
+        self.bound = (
+            BoundRuns(session, spec, "cuda" if on_gpu else "cpu")
+            if preparation.io_binding.applies(on_gpu)
+            and all(isinstance(side, int) for side in spec.input_shape[2:])
+            else None
+        )
 
     def run(self, tensor: np.ndarray) -> list[Any]:
         """Raw outputs, in `spec.output_names` order."""
+        if self.bound is not None:
+            return self.bound.run(tensor)
+        self._note_size(tensor.shape[3], tensor.shape[2])
         outputs: list[Any] = self.session.run(
             list(self.spec.output_names), {self.spec.input_name: tensor}
         )
         return outputs
+
+    def _note_size(self, width: int, height: int) -> None:
+        """Say once per size, when every size was warmed up, that a request brought one more."""
+        size = (width, height)
+        if len(self.warm_sizes) > 1 and size not in self._sizes_run:
+            self._sizes_run.add(size)
+            log.info(
+                "input size %dx%d was not warmed up (an image more elongated than"
+                " SCORER_YOLO_MAX_ASPECT): its first run was slower",
+                width,
+                height,
+            )
 
     def decode(self, outputs: list[Any]) -> list[decode.Prediction]:
         """Predictions from raw outputs, by export format."""
@@ -47,10 +136,11 @@ class LoadedModel:
         return decode.yolo(outputs[0], labels, self.spec.yolo)
 
     def warm_up(self) -> None:
-        """One run on a blank image, so the first request does not pay for lazy init."""
-        width, height = self.spec.preprocessing.crop_size or self.spec.preprocessing.target_size
-        blank: np.ndarray = np.zeros((1, 3, height, width), dtype=self.spec.preprocessing.dtype)
-        self.decode(self.run(blank))
+        """A run on a blank image of each size in `warm_sizes`, so that no request pays for
+        lazy initialisation, a kernel search or an engine build."""
+        for width, height in self.warm_sizes:
+            shape = (1, 3, height, width)
+            self.decode(self.run(np.zeros(shape, dtype=self.spec.preprocessing.dtype)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +156,10 @@ class Threading:
 
 def open_session(
     spec: ModelSpec,
-    provider_list: list[str | tuple[str, dict[str, Any]]],
+    provider_list: Sequence[str | tuple[str, dict[str, Any]]],
     log_level: int = logging.INFO,
     threads: Threading = Threading(),
+    preparation: Preparation = Preparation(),
 ) -> LoadedModel:
     """Create the session with the given providers, ONNX Runtime's logs through `logging`."""
     severity = providers.ort_severity(log_level)
@@ -84,4 +175,4 @@ def open_session(
         session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"{spec.onnx_path}: ONNX Runtime cannot load it ({error})") from None
-    return LoadedModel(spec, session)
+    return LoadedModel(spec, session, preparation)

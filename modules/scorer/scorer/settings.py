@@ -86,6 +86,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _aspect(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 16.0:
+        raise ValueError("expected a width:height ratio from 1 to 16")
+    return value
+
+
 def _providers(text: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if names == ["auto"]:
@@ -183,6 +190,31 @@ class Settings:
     )
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
+    cudnn_conv_algo_search: str = _setting(
+        "EXHAUSTIVE",
+        _choice("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        "how CUDA picks convolution kernels: EXHAUSTIVE (fastest runs, slower start),"
+        " HEURISTIC, DEFAULT (least memory)",
+    )
+    gpu_mem_limit_mb: int = _setting(
+        0, _non_negative_int, "most memory the CUDA provider's arena may take (0: no limit)"
+    )
+    io_binding: str = _setting(
+        "auto",
+        _choice("auto", "on", "off"),
+        "bind fixed-size inputs to buffers kept per thread on the device (auto: on GPU providers)",
+    )
+    warm_every_size: str = _setting(
+        "auto",
+        _choice("auto", "on", "off"),
+        "run every input size a YOLO export will see before ready (auto: on GPU providers)",
+    )
+    yolo_max_aspect: float = _setting(
+        2.5,
+        _aspect,
+        "sizes warmed up for YOLO images up to this width:height (or height:width); on"
+        " TensorRT, wider images are sized as if this wide",
+    )
     ort_intra_threads: int = _setting(
         0, _non_negative_int, "ONNX Runtime intra-op threads (0: one per core)"
     )

@@ -27,6 +27,7 @@ from .errors import one_line
 from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
+from .input_sizes import input_sizes, tensorrt_profile
 from .model import ModelKind, ModelOptions, ModelSpec, YoloResize, inspect_export
 from .model_download import DownloadLimits
 from .model_store import ModelStore
@@ -62,6 +63,7 @@ def model_options(settings: Settings, tensorrt: bool = False) -> ModelOptions:
         yolo_max_detections=settings.yolo_max_detections,
         yolo_prob_threshold=settings.yolo_prob_threshold,
         yolo_resize=yolo_resize(settings.yolo_resize, tensorrt),
+        yolo_max_aspect=settings.yolo_max_aspect if tensorrt else None,
     )
 
 
@@ -84,23 +86,36 @@ def scorer_config(settings: Settings, spec: ModelSpec, version: str | None = Non
     )
 
 
-def tensorrt_options(
+def provider_options(
     settings: Settings, spec: ModelSpec, onnxruntime_version: str
-) -> dict[str, Any]:
-    """TensorRT's options, its engine cache in a folder keyed by model, runtime and GPU."""
+) -> dict[str, dict[str, Any]]:
+    """The GPU providers' options for one model: TensorRT's engine cache in a folder keyed by
+    model, runtime and GPU, and its shape profile when the input takes several sizes."""
     from . import providers
 
-    if not providers.gpu_device_nodes():
-        return providers.tensorrt_options(settings.trt_fp16, None)  # no GPU: nothing to cache
-    root = cache_root(spec.directory, settings.cache_dir)
-    key = engine_cache.runtime_key(spec.sha256, onnxruntime_version, settings.trt_fp16)
-    try:
-        folder: Path | None = engine_cache.engine_folder(root, key)
-    except OSError as error:
-        # Without a cache TensorRT still runs; it rebuilds its engine at every start.
-        log.warning("TensorRT engine cache not writable (%s): engines are not kept", error)
-        folder = None
-    return providers.tensorrt_options(settings.trt_fp16, folder)
+    sizes = input_sizes(spec.preprocessing, settings.yolo_max_aspect)
+    profile = (
+        tensorrt_profile(spec.input_name, sizes, spec.preprocessing.target_size)
+        if len(sizes) > 1
+        else None
+    )
+    cuda = providers.cuda_options(
+        providers.CudnnSearch(settings.cudnn_conv_algo_search),
+        settings.gpu_mem_limit_mb * 1024 * 1024,
+    )
+    folder: Path | None = None
+    if providers.gpu_device_nodes():  # no GPU: nothing to cache
+        root = cache_root(spec.directory, settings.cache_dir)
+        key = engine_cache.runtime_key(spec.sha256, onnxruntime_version, settings.trt_fp16)
+        try:
+            folder = engine_cache.engine_folder(root, key)
+        except OSError as error:
+            # Without a cache TensorRT still runs; it rebuilds its engine at every start.
+            log.warning("TensorRT engine cache not writable (%s): engines are not kept", error)
+    return {
+        providers.TENSORRT: providers.tensorrt_options(settings.trt_fp16, folder, profile),
+        providers.CUDA: cuda,
+    }
 
 
 class EngineBuildProgress:
@@ -138,26 +153,28 @@ class EngineBuildProgress:
             log.info("TensorRT engine built in %.0f s and cached", self.elapsed())
 
 
-def session_opener(
-    settings: Settings, chosen: list[str | tuple[str, dict[str, Any]]]
-) -> Callable[[ModelSpec], LoadedModel]:
-    """Opens a session for any model on the providers chosen at start; TensorRT's engine
-    cache folder follows each model's hash."""
+def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec], LoadedModel]:
+    """Opens a session for any model on the providers chosen at start, each with its options
+    for that model (TensorRT's engine cache folder follows the model's hash)."""
     import onnxruntime
 
     from . import providers, session
 
     level = logging.getLevelName(settings.log_level)
+    threads = session.Threading(settings.ort_intra_threads, settings.ort_spinning)
+    preparation = session.Preparation(
+        session.Choice(settings.io_binding),
+        session.Choice(settings.warm_every_size),
+        settings.yolo_max_aspect,
+    )
 
     def open_model(spec: ModelSpec) -> LoadedModel:
-        per_model = [
-            (providers.TENSORRT, tensorrt_options(settings, spec, onnxruntime.__version__))
-            if isinstance(p, tuple) and p[0] == providers.TENSORRT
-            else p
-            for p in chosen
-        ]
-        threads = session.Threading(settings.ort_intra_threads, settings.ort_spinning)
-        return session.open_session(spec, per_model, level, threads)
+        options = provider_options(settings, spec, onnxruntime.__version__)
+        folder = options[providers.TENSORRT].get("trt_engine_cache_path")
+        with EngineBuildProgress(folder if providers.TENSORRT in chosen else None):
+            return session.open_session(
+                spec, providers.with_options(chosen, options), level, threads, preparation
+            )
 
     return open_model
 
@@ -174,27 +191,24 @@ def load_model(scorer: Scorer, settings: Settings, sessions: Sessions) -> None:
     """Pick providers, open the session and warm up; a failure ends the worker, and gunicorn.
     How sessions are opened goes into `sessions`, for model updates."""
     # Imported here, in the worker after the fork, never in the master: see session.py.
-    import onnxruntime
-
     from . import providers
 
     try:
-        trt = tensorrt_options(settings, scorer.spec, onnxruntime.__version__)
-        chosen, fallbacks = providers.resolve(settings.providers, trt)
+        chosen, fallbacks = providers.resolve(settings.providers)
         scorer.provider_fallbacks = tuple(f.to_dict() for f in fallbacks)
-        uses_tensorrt = any(isinstance(p, tuple) and p[0] == providers.TENSORRT for p in chosen)
+        uses_tensorrt = providers.TENSORRT in chosen
         options = model_options(settings, uses_tensorrt)
         yolo = scorer.spec.kind is ModelKind.DETECTION_YOLO
-        if yolo and options.yolo_resize is not model_options(settings).yolo_resize:
+        if yolo and options != model_options(settings):
             scorer.spec = inspect_export(scorer.spec.directory, options, settings.cache_dir)
-            log.info(
-                "on TensorRT a YOLO export takes its declared input size (one engine shape);"
-                " SCORER_YOLO_RESIZE=export sizes it as its script does"
-            )
+            if options.yolo_resize is YoloResize.STRETCH:
+                log.info(
+                    "on TensorRT a YOLO export takes its declared input size (one engine shape);"
+                    " SCORER_YOLO_RESIZE=export sizes it as its script does"
+                )
         open_model = session_opener(settings, chosen)
         sessions.open_model, sessions.tensorrt = open_model, uses_tensorrt
-        with EngineBuildProgress(trt.get("trt_engine_cache_path") if uses_tensorrt else None):
-            scorer.load(open_model)
+        scorer.load(open_model)
     except Exception as error:
         log.critical("cannot start: %s", one_line(error))
         log.debug("why the model could not be loaded", exc_info=True)

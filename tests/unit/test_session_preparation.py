@@ -1,0 +1,214 @@
+"""What a session prepares before it serves, on real ONNX Runtime sessions (CPU here; the
+GPU runs of the same paths are marked `gpu`): IO binding per thread, warm-up of every size."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from scorer import imaging, providers
+from scorer.model import ModelOptions, ModelSpec, YoloResize, inspect_export
+from scorer.session import Choice, LoadedModel, Preparation, open_session
+from scorer.settings import Settings
+from scorer.worker_app import model_options, provider_options, session_opener
+
+from tests.conftest import cuda_works
+from tests.unit.test_model import _save, yolo_model, zipmap_model
+
+CPU_ONLY = ["CPUExecutionProvider"]
+BIND = Preparation(io_binding=Choice.ON)
+
+
+class RecordedSession:
+    """A real session that also notes the input shape of every run."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.shapes.extend(tuple(array.shape) for array in feeds.values())
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def photos(count: int, size: tuple[int, int] = (300, 200)) -> list[Image.Image]:
+    rng = np.random.default_rng(5)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        for _ in range(count)
+    ]
+
+
+def unbound_outputs(spec: ModelSpec, tensor: np.ndarray) -> list[Any]:
+    return open_session(spec, CPU_ONLY).session.run(
+        list(spec.output_names), {spec.input_name: tensor}
+    )
+
+
+def test_io_binding_gives_the_same_outputs_as_a_plain_run(demo_dir: Path) -> None:
+    spec = inspect_export(demo_dir / "models" / "squares")  # three outputs
+    bound = open_session(spec, CPU_ONLY, preparation=BIND)
+    assert bound.bound is not None and bound.bound.device == "cpu"
+    for picture in photos(3, (320, 320)):
+        tensor = imaging.to_tensor(picture, spec.preprocessing)
+        for ours, plain in zip(bound.run(tensor), unbound_outputs(spec, tensor), strict=True):
+            assert np.array_equal(ours, plain)
+
+
+def test_io_binding_of_a_zipmap_export_decodes_the_same_probabilities(tmp_path: Path) -> None:
+    spec = inspect_export(_save(tmp_path / "m", zipmap_model(["a", "b", "c"]), ["a", "b", "c"]))
+    bound = open_session(spec, CPU_ONLY, preparation=BIND)
+    assert bound.bound is not None
+    tensor = imaging.to_tensor(photos(1)[0], spec.preprocessing)
+    plain = open_session(spec, CPU_ONLY)
+    assert bound.decode(bound.run(tensor)) == plain.decode(plain.run(tensor))
+
+
+def test_each_thread_binds_its_own_buffer_so_concurrent_runs_keep_their_answers(
+    demo_dir: Path,
+) -> None:
+    """One buffer shared by threads would let a thread run on another's picture."""
+    spec = inspect_export(demo_dir / "models" / "colors")
+    model = open_session(spec, CPU_ONLY, preparation=BIND)
+    tensors = [imaging.to_tensor(picture, spec.preprocessing) for picture in photos(8, (224, 224))]
+    expected = [unbound_outputs(spec, tensor)[0] for tensor in tensors]
+    wrong: list[int] = []
+    start = threading.Barrier(len(tensors))
+
+    def runs(index: int) -> None:
+        start.wait()
+        for _ in range(60):
+            if not np.array_equal(model.run(tensors[index])[0], expected[index]):
+                wrong.append(index)
+
+    threads = [threading.Thread(target=runs, args=(i,)) for i in range(len(tensors))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+def test_auto_leaves_a_cpu_session_unbound_and_warms_one_size(demo_dir: Path) -> None:
+    spec = inspect_export(demo_dir / "models" / "squares-yolo")
+    model = open_session(spec, CPU_ONLY)
+    assert model.bound is None
+    assert model.warm_sizes == ((512, 512),)
+
+
+def test_an_input_of_several_sizes_is_never_bound(demo_dir: Path) -> None:
+    spec = inspect_export(demo_dir / "models" / "squares-yolo")
+    assert open_session(spec, CPU_ONLY, preparation=BIND).bound is None
+
+
+def test_warm_up_runs_every_size_and_a_size_beyond_them_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = inspect_export(_save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"]))
+    preparation = Preparation(warm_every_size=Choice.ON, max_aspect=1.8)
+    session = RecordedSession(open_session(spec, CPU_ONLY).session)
+    model = LoadedModel(spec, session, preparation)  # type: ignore[arg-type]
+    model.warm_up()
+    assert len(model.warm_sizes) > 10
+    assert session.shapes == [(1, 3, height, width) for width, height in model.warm_sizes]
+    with caplog.at_level(logging.INFO, logger="scorer.session"):
+        for picture in [*photos(2, (1920, 1080)), *photos(2, (3000, 1000))]:
+            model.run(imaging.to_tensor(picture, spec.preprocessing))
+    notes = [r.getMessage() for r in caplog.records if "was not warmed up" in r.getMessage()]
+    assert notes == [
+        "input size 896x288 was not warmed up (an image more elongated than"
+        " SCORER_YOLO_MAX_ASPECT): its first run was slower"
+    ]
+
+
+def test_the_settings_reach_the_session(demo_dir: Path, tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "SCORER_IO_BINDING": "on",
+            "SCORER_WARM_EVERY_SIZE": "on",
+            "SCORER_YOLO_MAX_ASPECT": "1.5",
+            "SCORER_CACHE_DIR": str(tmp_path),
+        }
+    )
+    open_model = session_opener(settings, CPU_ONLY)
+    assert open_model(inspect_export(demo_dir / "models" / "colors")).bound is not None
+    yolo = open_model(inspect_export(demo_dir / "models" / "squares-yolo"))
+    assert yolo.bound is None and len(yolo.warm_sizes) > 1
+    assert max(max(w / h, h / w) for w, h in yolo.warm_sizes) < 1.5 + 0.25  # 32-pixel steps
+
+
+def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path) -> None:
+    """TensorRT gets one engine for every size (a profile); on it, elongated images are
+    sized to stay inside that profile. CUDA's search and arena follow the settings."""
+    settings = Settings.from_env(
+        {
+            "SCORER_YOLO_RESIZE": "export",
+            "SCORER_CUDNN_CONV_ALGO_SEARCH": "HEURISTIC",
+            "SCORER_GPU_MEM_LIMIT_MB": "1536",
+        }
+    )
+    options = model_options(settings, tensorrt=True)
+    assert options.yolo_resize is YoloResize.EXPORT and options.yolo_max_aspect == 2.5
+    spec = inspect_export(demo_dir / "models" / "squares-yolo", options)
+    chosen = provider_options(settings, spec, ort.__version__)
+    trt = chosen[providers.TENSORRT]
+    assert trt["trt_profile_opt_shapes"] == f"{spec.input_name}:1x3x512x512"
+    assert trt["trt_profile_min_shapes"] == f"{spec.input_name}:1x3x320x320"
+    assert trt["trt_profile_max_shapes"] == f"{spec.input_name}:1x3x800x800"
+    panorama = imaging.to_tensor(Image.new("RGB", (6000, 1000)), spec.preprocessing)
+    assert panorama.shape == (1, 3, 320, 800)
+    assert chosen[providers.CUDA] == {
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+        "gpu_mem_limit": 1536 * 1024 * 1024,
+    }
+    fixed = inspect_export(demo_dir / "models" / "colors", ModelOptions())
+    fixed_trt = provider_options(settings, fixed, ort.__version__)[providers.TENSORRT]
+    assert not any(key.startswith("trt_profile") for key in fixed_trt)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
+    demo_dir: Path,
+) -> None:
+    spec = inspect_export(demo_dir / "models" / "colors")
+    cuda = [(providers.CUDA, providers.cuda_options(providers.CudnnSearch.EXHAUSTIVE, 0))]
+    model = open_session(spec, cuda, preparation=Preparation())
+    assert model.providers[0] == providers.CUDA and model.bound is not None
+    assert model.bound.device == "cuda"
+    for picture in photos(3, (224, 224)):
+        tensor = imaging.to_tensor(picture, spec.preprocessing)
+        np.testing.assert_allclose(
+            model.run(tensor)[0], unbound_outputs(spec, tensor)[0], rtol=1e-3, atol=1e-4
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_tensorrt_serves_every_yolo_size_from_one_profile(demo_dir: Path, tmp_path: Path) -> None:
+    if providers.TENSORRT not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no TensorRT provider")
+    settings = Settings.from_env(
+        {"SCORER_YOLO_RESIZE": "export", "SCORER_CACHE_DIR": str(tmp_path)}
+    )
+    spec = inspect_export(demo_dir / "models" / "squares-yolo", model_options(settings, True))
+    model = session_opener(settings, [providers.TENSORRT, providers.CUDA, "CPUExecutionProvider"])(
+        spec
+    )
+    assert model.providers[0] == providers.TENSORRT
+    model.warm_up()
+    assert len(model.warm_sizes) > 10
+    for picture in [Image.new("RGB", (6000, 1000)), Image.new("RGB", (1000, 6000))]:
+        grid = model.run(imaging.to_tensor(picture, spec.preprocessing))[0]
+        assert grid.ndim == 4
