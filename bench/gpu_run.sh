@@ -50,3 +50,9 @@ for provider in cuda cpu; do
   python3 bench/scoring.py --requests "$REQUESTS" --provider "$provider" --shared "$CARRIED/shared" \
     --json "$OUT/bench-$provider.json" 2>&1 | tee "$OUT/bench-$provider.log" | tail -48
 done
+
+for provider in cuda tensorrt; do
+  echo "== bench/preparation.py --provider $provider"
+  python3 bench/preparation.py --runs "$REQUESTS" --provider "$provider" --shared "$CARRIED/shared" \
+    2>&1 | tee "$OUT/preparation-$provider.log" | tail -12
+done

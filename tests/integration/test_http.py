@@ -166,9 +166,7 @@ def test_worker_survives_every_bad_request(colors: ScorerProcess, demo_dir: Path
     assert "Traceback" not in colors.log
 
 
-def test_twenty_concurrent_clients_get_their_own_answers(
-    colors: ScorerProcess, demo_dir: Path
-) -> None:
+def each_of_twenty_clients_gets_its_own_answers(url: str, demo_dir: Path) -> None:
     images = {
         label: (demo_dir / "images" / f"{label}.jpg").read_bytes()
         for label in ("red", "green", "blue")
@@ -179,7 +177,7 @@ def test_twenty_concurrent_clients_get_their_own_answers(
         with requests.Session() as session:
             while True:  # 20 clients, 16 slots: a client told 429 retries, as it should
                 response = session.post(
-                    colors.url + "/score",
+                    url + "/score",
                     data=images[label],
                     headers={"Content-Type": "image/jpeg"},
                 )
@@ -189,6 +187,21 @@ def test_twenty_concurrent_clients_get_their_own_answers(
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(score, jobs))
     assert all(sent == got for sent, got in answers)
+
+
+def test_twenty_concurrent_clients_get_their_own_answers(
+    colors: ScorerProcess, demo_dir: Path
+) -> None:
+    each_of_twenty_clients_gets_its_own_answers(colors.url, demo_dir)
+
+
+def test_io_binding_on_the_serving_threads_keeps_each_clients_answer(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Forced on the CPU, the binding a GPU gets: one input buffer per serving thread."""
+    server = start_scorer(demo_dir / "models" / "colors", IO_BINDING="on", PROVIDERS="cpu")
+    each_of_twenty_clients_gets_its_own_answers(server.url, demo_dir)
+    assert "IO binding on cpu" in server.log and "Traceback" not in server.log
 
 
 def test_model_and_metrics(colors: ScorerProcess, demo_dir: Path) -> None:

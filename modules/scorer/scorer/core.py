@@ -136,14 +136,18 @@ def utc_timestamp(timespec: str = "milliseconds") -> str:
 
 
 def warmed_up(model: LoadedModel, name: str) -> LoadedModel:
-    """`model` after one run on a blank image, so no request pays for lazy initialisation."""
+    """`model` after a run on a blank image of each input size it will get, so no request
+    pays for lazy initialisation."""
     started = time.perf_counter()
     model.warm_up()
     log.info(
-        "model %s ready on %s (warm-up %.0f ms)",
+        "model %s ready on %s (warm-up of %d input size%s in %.0f ms; IO binding %s)",
         name,
         ", ".join(model.providers),
+        len(model.warm_sizes),
+        "" if len(model.warm_sizes) == 1 else "s",
         (time.perf_counter() - started) * 1000,
+        f"on {model.bound.device}" if model.bound else "off",
     )
     return model
 
