@@ -58,6 +58,11 @@ def test_downloads_refuse_http_a_wrong_hash_the_size_limit_and_a_missing_file(
 
 @pytest.fixture
 def updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
+    return started_updater(demo_dir, tmp_path)
+
+
+def started_updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
+    """The updater of a scorer started on the demo colour model, its store in `tmp_path`."""
     cache = tmp_path / "cache"
     spec = inspect_export(demo_dir / "models" / "colors", ModelOptions(), cache)
     scorer = Scorer(spec, ScorerConfig("colors", "image-default"))
@@ -118,7 +123,10 @@ def test_an_update_swaps_the_model_and_every_bad_one_leaves_it_serving(
         assert status["state"] == "failed" and why in status["lastError"], name
         assert status["version"] == "v2", name  # still serving what it served
         assert updater.scorer.score(red).model_version == "v2"
-    assert sorted(p.name for p in updater.store.root.iterdir()) == ["current.json", "v2"]
+    stored = sorted(p.name for p in updater.store.root.iterdir())
+    assert stored == ["current.json", "failed.json", "v2"]  # failed.json: the last failure
+    assert updater.store.failure() is not None
+    assert updater.store.failure().version == "bad-not-an-export"
 
 
 def test_rollback_serves_the_previous_version_again(
@@ -187,6 +195,26 @@ def test_a_model_that_failed_for_good_is_not_downloaded_again_until_it_changes(
     assert _settled(updater)["state"] == "failed" and len(server.ranges) > fetched
     assert updater.request(ModelRequest("v2", url, digest))  # the desired model corrected
     assert _settled(updater)["version"] == "v2"
+
+
+def test_a_model_that_failed_for_good_is_not_downloaded_again_after_a_restart(
+    updater: ModelUpdater, server: ModelServer, demo_dir: Path, tmp_path: Path
+) -> None:
+    """The failure is kept in the store (without the URL's SAS token): the restarted module
+    reports it and does not fetch the model when the twin asks for it again."""
+    url, _ = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
+    wrong = ModelRequest("v2", url + "?sig=secret-token", "0" * 64)
+    assert updater.request(wrong)
+    before = _settled(updater)
+    fetched = len(server.ranges)
+    restarted = started_updater(demo_dir, tmp_path)
+    after = restarted.status()
+    assert (after["state"], after["lastError"]) == ("failed", before["lastError"])
+    assert not restarted.request(wrong) and len(server.ranges) == fetched
+    assert not any("secret-token" in path.read_text() for path in tmp_path.glob("store/*.json"))
+    assert restarted.request(ModelRequest("v2", url, "1" * 64))  # a changed request is tried
+    _settled(restarted)
+    assert len(server.ranges) > fetched
 
 
 def test_a_model_the_network_failed_to_bring_is_tried_again(

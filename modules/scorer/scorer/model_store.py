@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 POINTER = "current.json"
+FAILURE = "failed.json"
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -37,6 +38,18 @@ class Promoted:
     version: str
     sha256: str
     previous: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A requested model that failed for a reason trying again cannot mend, kept so that a
+    restart does not download it again. The request is kept as a digest: its URL may carry
+    a SAS token, which is never written to the volume."""
+
+    request: str
+    version: str
+    error: str
+    at: str
 
 
 def check_version(version: str) -> str:
@@ -101,16 +114,33 @@ class ModelStore:
         if before and before.version != version:
             previous = before.version
         promoted = Promoted(check_version(version), sha256, previous)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.root, prefix=".pointer-", delete=False
-        ) as handle:
-            json.dump(dataclasses.asdict(promoted), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, self.root / POINTER)
+        self._write(POINTER, dataclasses.asdict(promoted))
         self.prune()
         return promoted
+
+    def _write(self, name: str, data: dict[str, str | None]) -> None:
+        """Replace the file `name` atomically: a power cut leaves the old one or the new."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.root, prefix=".write-", delete=False
+        ) as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, self.root / name)
+
+    def failure(self) -> Failure | None:
+        """The request that failed for good last, or None (an unreadable record is none)."""
+        try:
+            return Failure(**json.loads((self.root / FAILURE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def remember_failure(self, failure: Failure) -> None:
+        self._write(FAILURE, dataclasses.asdict(failure))
+
+    def forget_failure(self) -> None:
+        (self.root / FAILURE).unlink(missing_ok=True)
 
     def discard(self, version: str) -> None:
         """Remove a version that failed to load, unless it is the current or previous one."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ from . import archive
 from .core import ScoreOptions, Scorer, Served, utc_timestamp, warmed_up
 from .model import ModelSpec
 from .model_download import DownloadError, DownloadLimits, download
-from .model_store import ModelStore, Promoted, StoreError, check_version
+from .model_store import Failure, ModelStore, Promoted, StoreError, check_version
 
 if TYPE_CHECKING:
     from .session import LoadedModel
@@ -104,6 +105,16 @@ class ModelRequest:
             raise ValueError("sha256 must be 64 hex digits")
         return cls(version, url, sha256.lower())
 
+    def digest(self) -> str:
+        """Names this request without its URL's secrets (a SAS token), for the store."""
+        fields = json.dumps(dataclasses.astuple(self)).encode()
+        return hashlib.sha256(fields).hexdigest()
+
+
+def failure_text(error: Exception) -> str:
+    """How a failed update is reported (`lastError`) and remembered."""
+    return f"{type(error).__name__}: {error}"[:500]
+
 
 class ModelUpdater:
     """Drives one update at a time against the scorer and the versioned store."""
@@ -133,9 +144,15 @@ class ModelUpdater:
         self._waiting: Job | None = None
         self._busy = False
         # The last request that failed for a reason trying again cannot mend (a wrong hash,
-        # a refused or oversized download, a bad archive or model, a canary). The twin asks
-        # for it again at every reconnect: it is not downloaded again until it changes.
-        self._given_up: ModelRequest | None = None
+        # a refused or oversized download, a bad archive or model, a canary), kept in the
+        # store. The twin asks for it again at every reconnect and after every restart: it
+        # is not downloaded again until it changes.
+        if failure := store.failure():
+            self.state, self.last_error, self.updated_at = (
+                UpdateState.FAILED,
+                failure.error,
+                failure.at,
+            )
 
     def _promoted(self) -> Promoted | None:
         """The store's pointer; an unreadable one counts as none (the next promotion
@@ -169,9 +186,10 @@ class ModelUpdater:
         promoted = self._promoted()
         if promoted is not None and wanted.version == promoted.version:
             return False
-        if wanted == self._given_up and not retry_failed:
+        failure = self.store.failure()
+        if failure and failure.request == wanted.digest() and not retry_failed:
             log.info("model update: not trying version %s again, it failed: %s",
-                     wanted.version, self.last_error)  # fmt: skip
+                     wanted.version, failure.error)  # fmt: skip
             return False
         if promoted is not None and wanted.version == promoted.previous:
             self._serve_stored(wanted.version)
@@ -226,7 +244,7 @@ class ModelUpdater:
             try:
                 next_step.run()
             except Exception as error:  # noqa: BLE001 - any failure: report it, keep serving
-                self._set(UpdateState.FAILED, f"{type(error).__name__}: {error}"[:500])
+                self._set(UpdateState.FAILED, failure_text(error))
                 log.error("model update to %s failed; still serving %s: %s",
                           self.target, self.status()["version"], error)  # fmt: skip
             with self._lock:
@@ -251,9 +269,25 @@ class ModelUpdater:
             passing = isinstance(error, OSError) or (
                 isinstance(error, DownloadError) and not error.final
             )
-            self._given_up = None if passing else wanted
+            if passing:
+                self._forget_failure()
+            else:
+                self._remember(Failure(wanted.digest(), wanted.version, failure_text(error),
+                                       utc_timestamp("seconds")))  # fmt: skip
             raise
-        self._given_up = None
+        self._forget_failure()
+
+    def _remember(self, failure: Failure) -> None:
+        try:
+            self.store.remember_failure(failure)
+        except OSError as error:  # a full volume: the failure is still reported
+            log.warning("model update: cannot record the failure in the store: %s", error)
+
+    def _forget_failure(self) -> None:
+        try:
+            self.store.forget_failure()
+        except OSError as error:
+            log.warning("model update: cannot clear the failure in the store: %s", error)
 
     def _download_and_serve(self, wanted: ModelRequest) -> None:
         log.info("model update: downloading version %s", wanted.version)
