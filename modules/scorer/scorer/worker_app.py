@@ -201,7 +201,7 @@ def load_model(scorer: Scorer, settings: Settings, sessions: Sessions) -> None:
         yolo = scorer.spec.kind is ModelKind.DETECTION_YOLO
         if yolo and options != model_options(settings):
             scorer.spec = inspect_export(scorer.spec.directory, options, settings.cache_dir)
-            if options.yolo_resize is YoloResize.STRETCH:
+            if settings.yolo_resize == "auto" and options.yolo_resize is YoloResize.STRETCH:
                 log.info(
                     "on TensorRT a YOLO export takes its declared input size (one engine shape);"
                     " SCORER_YOLO_RESIZE=export sizes it as its script does"
