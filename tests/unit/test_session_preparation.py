@@ -127,7 +127,7 @@ def test_warm_up_runs_every_size_and_a_size_beyond_them_is_said_once(
     notes = [r.getMessage() for r in caplog.records if "was not warmed up" in r.getMessage()]
     assert notes == [
         "input size 896x288 was not warmed up (an image more elongated than"
-        " SCORER_YOLO_MAX_ASPECT): its first run was slower"
+        " SCORER_YOLO_MAX_ASPECT): its first run pays for it"
     ]
 
 

@@ -55,6 +55,7 @@ class BoundRuns:
         self._local = threading.local()
 
     def run(self, tensor: np.ndarray) -> list[Any]:
+        """Raw outputs; this thread's binding and buffer are made at its first run."""
         buffer: ort.OrtValue | None = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = ort.OrtValue.ortvalue_from_numpy(tensor, self.device, 0)
@@ -116,7 +117,7 @@ class LoadedModel:
             self._sizes_run.add(size)
             log.info(
                 "input size %dx%d was not warmed up (an image more elongated than"
-                " SCORER_YOLO_MAX_ASPECT): its first run was slower",
+                " SCORER_YOLO_MAX_ASPECT): its first run pays for it",
                 width,
                 height,
             )
