@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from scorer.archive import ArchiveError, ArchiveLimits, export_folder, unpack
-from scorer.model_store import ModelStore, StoreError, check_version
+from scorer.model_store import Failure, ModelStore, StoreError, check_version
 from scorer.model_update import ModelRequest
 
 
@@ -128,3 +128,24 @@ def test_a_model_request_names_what_is_wrong(value: object, why: str) -> None:
 def test_a_model_request_takes_the_hash_in_lower_case() -> None:
     wanted = ModelRequest.parse({"version": "v2", "url": "https://x/m.zip", "sha256": "AB" * 32})
     assert wanted == ModelRequest("v2", "https://x/m.zip", "ab" * 32)
+
+
+def test_the_failure_record_survives_a_new_store_and_a_damaged_one_is_none(
+    tmp_path: Path,
+) -> None:
+    request = ModelRequest("v2", "https://h/v2.zip?sig=token", "a" * 64)
+    store = ModelStore(tmp_path)
+    assert store.failure() is None
+    store.remember_failure(
+        Failure(request.digest(), "v2", "ValueError: bad", "2026-11-30T00:00:00Z")
+    )
+    again = ModelStore(tmp_path).failure()
+    assert again is not None and again.request == request.digest() and again.error.endswith("bad")
+    assert request.digest() != ModelRequest("v2", "https://h/v2.zip", "a" * 64).digest()
+    (tmp_path / "failed.json").write_text("[1, 2")
+    assert store.failure() is None
+    (tmp_path / "failed.json").write_text('{"unexpected": 1}')
+    assert store.failure() is None
+    store.forget_failure()
+    store.forget_failure()  # nothing to forget: no error
+    assert store.failure() is None
