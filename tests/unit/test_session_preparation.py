@@ -55,8 +55,9 @@ def unbound_outputs(spec: ModelSpec, tensor: np.ndarray) -> list[Any]:
     )
 
 
-def test_io_binding_gives_the_same_outputs_as_a_plain_run(demo_dir: Path) -> None:
-    spec = inspect_export(demo_dir / "models" / "squares")  # three outputs
+@pytest.mark.parametrize("model", ["squares", "colors-fp16"])  # three outputs; FP16 input
+def test_io_binding_gives_the_same_outputs_as_a_plain_run(demo_dir: Path, model: str) -> None:
+    spec = inspect_export(demo_dir / "models" / model)
     bound = open_session(spec, CPU_ONLY, preparation=BIND)
     assert bound.bound is not None and bound.bound.device == "cpu"
     for picture in photos(3, (320, 320)):
