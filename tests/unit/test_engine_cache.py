@@ -62,6 +62,21 @@ def test_the_runtime_key_names_this_machine() -> None:
     assert runtime["tensorrt"] and runtime["gpu"]  # "none" / "unknown" on a CPU machine
 
 
+def test_a_stretched_and_a_pixel_count_input_keep_their_engines_apart(tmp_path: Path) -> None:
+    """A YOLO export on TensorRT stretched to its declared size, and sized by pixel count
+    (free height and width, a profile for its sizes), are two engines of one model; so are
+    two profiles (another SCORER_YOLO_MAX_ASPECT)."""
+    stretched = engine_cache.runtime_key("ef" * 32, "1.31.1", True, (1, 3, 416, 416))
+    profile = {"trt_profile_min_shapes": "data:1x3x320x320"}
+    sized = engine_cache.runtime_key("ef" * 32, "1.31.1", True, (1, 3, "height", "width"), profile)
+    wider = engine_cache.runtime_key(
+        "ef" * 32, "1.31.1", True, (1, 3, "height", "width"), {**profile, "x": "y"}
+    )
+    folders = {engine_cache.engine_folder(tmp_path, k) for k in (stretched, sized, wider)}
+    assert len(folders) == 3
+    assert engine_cache.engine_folder(tmp_path, sized) in folders  # the same key: the same one
+
+
 def test_a_first_engine_build_is_announced_and_ticks_until_done(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

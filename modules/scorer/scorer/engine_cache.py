@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,24 @@ def gpu_identity() -> str:
     return " | ".join(lines) or "unknown"
 
 
-def runtime_key(model_sha256: str, onnxruntime_version: str, fp16: bool) -> dict[str, str]:
-    """Everything an engine depends on."""
+def runtime_key(
+    model_sha256: str,
+    onnxruntime_version: str,
+    fp16: bool,
+    input_shape: Sequence[int | str] = (),
+    profile: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Everything an engine depends on: with the input's declared shape and the shape profile,
+    a YOLO export stretched to its fixed size and one sized by pixel count (a graph with free
+    height and width, a profile for its sizes) keep engines apart."""
     return {
         "model": model_sha256,
         "onnxruntime": onnxruntime_version,
         "tensorrt": tensorrt_version(),
         "gpu": gpu_identity(),
         "fp16": str(fp16).lower(),
+        "input": "x".join(str(side) for side in input_shape),
+        "profile": json.dumps(dict(profile or {}), sort_keys=True),
     }
 
 

@@ -106,7 +106,9 @@ def provider_options(
     folder: Path | None = None
     if providers.gpu_device_nodes():  # no GPU: nothing to cache
         root = cache_root(spec.directory, settings.cache_dir)
-        key = engine_cache.runtime_key(spec.sha256, onnxruntime_version, settings.trt_fp16)
+        key = engine_cache.runtime_key(
+            spec.sha256, onnxruntime_version, settings.trt_fp16, spec.input_shape, profile
+        )
         try:
             folder = engine_cache.engine_folder(root, key)
         except OSError as error:
