@@ -148,7 +148,7 @@ def test_the_settings_reach_the_session(demo_dir: Path, tmp_path: Path) -> None:
     assert max(max(w / h, h / w) for w, h in yolo.warm_sizes) < 1.5 + 0.25  # 32-pixel steps
 
 
-def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path) -> None:
+def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path, tmp_path: Path) -> None:
     """TensorRT gets one engine for every size (a profile); on it, elongated images are
     sized to stay inside that profile. CUDA's search and arena follow the settings."""
     settings = Settings.from_env(
@@ -156,11 +156,12 @@ def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path) -> N
             "SCORER_YOLO_RESIZE": "export",
             "SCORER_CUDNN_CONV_ALGO_SEARCH": "HEURISTIC",
             "SCORER_GPU_MEM_LIMIT_MB": "1536",
+            "SCORER_CACHE_DIR": str(tmp_path),  # engines go there on a machine with a GPU
         }
     )
     options = model_options(settings, tensorrt=True)
     assert options.yolo_resize is YoloResize.EXPORT and options.yolo_max_aspect == 2.5
-    spec = inspect_export(demo_dir / "models" / "squares-yolo", options)
+    spec = inspect_export(demo_dir / "models" / "squares-yolo", options, tmp_path)
     chosen = provider_options(settings, spec, ort.__version__)
     trt = chosen[providers.TENSORRT]
     assert trt["trt_profile_opt_shapes"] == f"{spec.input_name}:1x3x512x512"
@@ -173,7 +174,7 @@ def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path) -> N
         "arena_extend_strategy": "kSameAsRequested",
         "gpu_mem_limit": 1536 * 1024 * 1024,
     }
-    fixed = inspect_export(demo_dir / "models" / "colors", ModelOptions())
+    fixed = inspect_export(demo_dir / "models" / "colors", ModelOptions(), tmp_path)
     fixed_trt = provider_options(settings, fixed, ort.__version__)[providers.TENSORRT]
     assert not any(key.startswith("trt_profile") for key in fixed_trt)
 
