@@ -66,6 +66,18 @@ def test_io_binding_gives_the_same_outputs_as_a_plain_run(demo_dir: Path, model:
             assert np.array_equal(ours, plain)
 
 
+def test_io_binding_never_writes_into_a_callers_tensor(demo_dir: Path) -> None:
+    """A CPU buffer made from the first request's array would be that array: the next
+    request's pixels were copied into it."""
+    spec = inspect_export(demo_dir / "models" / "colors")
+    model = open_session(spec, CPU_ONLY, preparation=BIND)
+    first, second = (imaging.to_tensor(p, spec.preprocessing) for p in photos(2, (224, 224)))
+    kept = first.copy()
+    model.run(first)
+    model.run(second)
+    assert np.array_equal(first, kept)
+
+
 def test_io_binding_of_a_zipmap_export_decodes_the_same_probabilities(tmp_path: Path) -> None:
     spec = inspect_export(_save(tmp_path / "m", zipmap_model(["a", "b", "c"]), ["a", "b", "c"]))
     bound = open_session(spec, CPU_ONLY, preparation=BIND)
@@ -75,10 +87,10 @@ def test_io_binding_of_a_zipmap_export_decodes_the_same_probabilities(tmp_path: 
     assert bound.decode(bound.run(tensor)) == plain.decode(plain.run(tensor))
 
 
-def test_each_thread_binds_its_own_buffer_so_concurrent_runs_keep_their_answers(
+def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
     demo_dir: Path,
 ) -> None:
-    """One buffer shared by threads would let a thread run on another's picture."""
+    """One buffer shared by concurrent runs would let a run score another's picture."""
     spec = inspect_export(demo_dir / "models" / "colors")
     model = open_session(spec, CPU_ONLY, preparation=BIND)
     tensors = [imaging.to_tensor(picture, spec.preprocessing) for picture in photos(8, (224, 224))]
@@ -98,6 +110,19 @@ def test_each_thread_binds_its_own_buffer_so_concurrent_runs_keep_their_answers(
     for thread in threads:
         thread.join()
     assert wrong == []
+    assert model.bound is not None and 1 <= model.bound.made <= len(tensors)
+
+
+def test_threads_taking_turns_share_one_binding(demo_dir: Path) -> None:
+    """Buffers on the device are as many as runs at once, not one per serving thread."""
+    spec = inspect_export(demo_dir / "models" / "colors")
+    model = open_session(spec, CPU_ONLY, preparation=BIND)
+    tensor = imaging.to_tensor(photos(1, (224, 224))[0], spec.preprocessing)
+    for _ in range(20):
+        thread = threading.Thread(target=model.run, args=(tensor,))
+        thread.start()
+        thread.join()
+    assert model.bound is not None and model.bound.made == 1
 
 
 def test_auto_leaves_a_cpu_session_unbound_and_warms_one_size(demo_dir: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import threading
+import queue
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,31 +45,50 @@ class Preparation:
 
 
 class BoundRuns:
-    """Runs through an IO binding per thread, each with its own input buffer kept on the
-    session's device: a fixed-size input is copied into it, with no allocation per run."""
+    """Runs through IO bindings, each with its own input buffer kept on the session's device:
+    a fixed-size input is copied into a buffer, with no allocation per run. A run takes a
+    free binding and gives it back, so there are as many as runs ever ran at once (the
+    scorer's slots bound them), not one per serving thread."""
 
     def __init__(self, session: ort.InferenceSession, spec: ModelSpec, device: str) -> None:
         self.session = session
         self.spec = spec
         self.device = device
-        self._local = threading.local()
+        self._made: list[Any] = []  # every binding made: as many as the most runs at once
+        self._free: queue.SimpleQueue[tuple[ort.OrtValue, Any]] = queue.SimpleQueue()
 
     def run(self, tensor: np.ndarray) -> list[Any]:
-        """Raw outputs; this thread's binding and buffer are made at its first run."""
-        buffer: ort.OrtValue | None = getattr(self._local, "buffer", None)
-        if buffer is None:
-            buffer = ort.OrtValue.ortvalue_from_numpy(tensor, self.device, 0)
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.spec.input_name, buffer)
-            for name in self.spec.output_names:
-                binding.bind_output(name, "cpu")
-            self._local.buffer, self._local.binding = buffer, binding
+        """Raw outputs, through a free binding (a new one when all are in use)."""
+        try:
+            buffer, binding = self._free.get_nowait()
+        except queue.Empty:
+            buffer, binding = self._bind(tensor)
         else:
             buffer.update_inplace(tensor)
-        binding = self._local.binding
-        self.session.run_with_iobinding(binding)
-        outputs: list[Any] = binding.copy_outputs_to_cpu()
+        try:
+            self.session.run_with_iobinding(binding)
+            outputs: list[Any] = binding.copy_outputs_to_cpu()
+        finally:
+            self._free.put((buffer, binding))
         return outputs
+
+    def _bind(self, tensor: np.ndarray) -> tuple[ort.OrtValue, Any]:
+        # A buffer of its own: from a numpy array, a CPU OrtValue would be that array's memory
+        buffer = ort.OrtValue.ortvalue_from_shape_and_type(
+            tensor.shape, tensor.dtype, self.device, 0
+        )
+        buffer.update_inplace(tensor)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.spec.input_name, buffer)
+        for name in self.spec.output_names:
+            binding.bind_output(name, "cpu")
+        self._made.append(binding)
+        return buffer, binding
+
+    @property
+    def made(self) -> int:
+        """How many bindings (and device buffers) exist."""
+        return len(self._made)
 
 
 class LoadedModel:

@@ -202,7 +202,7 @@ class Settings:
     io_binding: str = _setting(
         "auto",
         _choice("auto", "on", "off"),
-        "bind fixed-size inputs to buffers kept per thread on the device (auto: on GPU providers)",
+        "bind fixed-size inputs to buffers kept on the device, one per run at once (auto: on GPU)",
     )
     warm_every_size: str = _setting(
         "auto",
