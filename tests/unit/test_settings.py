@@ -52,6 +52,11 @@ def test_empty_value_means_default() -> None:
         ("SCORER_JPEG_DRAFT", "maybe", "true or false"),
         ("SCORER_YOLO_NMS", "everywhere", "per_class"),
         ("SCORER_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("SCORER_YOLO_MAX_ASPECT", "0.5", "from 1 to 16"),
+        ("SCORER_YOLO_MAX_ASPECT", "17", "from 1 to 16"),
+        ("SCORER_CUDNN_CONV_ALGO_SEARCH", "fast", "EXHAUSTIVE"),
+        ("SCORER_GPU_MEM_LIMIT_MB", "-1", "0 or more"),
+        ("SCORER_IO_BINDING", "yes", "auto"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str, message: str) -> None:
