@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.arbiter import Arbiter
 
-from . import engine_cache, heap, relay_status
+from . import cache, engine_cache, heap, relay_status
 from .archive import ArchiveLimits
 from .auth import ApiKeys
-from .cache import cache_root
 from .core import Scorer, ScorerConfig
 from .errors import one_line
 from .fetch import FetchPolicy
@@ -105,7 +104,7 @@ def provider_options(
     )
     folder: Path | None = None
     if providers.gpu_device_nodes():  # no GPU: nothing to cache
-        root = cache_root(spec.directory, settings.cache_dir)
+        root = cache.cache_root(spec.directory, settings.cache_dir)
         key = engine_cache.runtime_key(
             spec.sha256, onnxruntime_version, settings.trt_fp16, spec.input_shape, profile
         )
@@ -118,6 +117,21 @@ def provider_options(
         providers.TENSORRT: providers.tensorrt_options(settings.trt_fp16, folder, profile),
         providers.CUDA: cuda,
     }
+
+
+def forget_unused_derivations(settings: Settings, spec: ModelSpec, engines: Path | None) -> None:
+    """Mark the graph and engines this model uses as used, and remove those of models not
+    used lately: as many kept of each kind as versions in the store, and one more (the
+    image's own model)."""
+    root = cache.cache_root(spec.directory, settings.cache_dir)
+    cache.mark_used(root, spec.onnx_path, engines)
+    removed = cache.prune(root, settings.model_keep + 1)
+    if removed:
+        log.info(
+            "cache: removed %d graphs or engines of models not used lately (%s)",
+            len(removed),
+            ", ".join(path.name for path in removed),
+        )
 
 
 class EngineBuildProgress:
@@ -174,9 +188,11 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
         options = provider_options(settings, spec, onnxruntime.__version__)
         folder = options[providers.TENSORRT].get("trt_engine_cache_path")
         with EngineBuildProgress(folder if providers.TENSORRT in chosen else None):
-            return session.open_session(
+            model = session.open_session(
                 spec, providers.with_options(chosen, options), level, threads, preparation
             )
+        forget_unused_derivations(settings, spec, Path(folder) if folder else None)
+        return model
 
     return open_model
 
