@@ -58,24 +58,39 @@ def test_marking_never_touches_what_is_outside_the_cache(tmp_path: Path) -> None
     assert model.stat().st_mtime == before  # a read-only model mount is never written
 
 
+def yolo_version(tmp_path: Path, version: int) -> Path:
+    """A YOLO export of its own content (and so its own free-size graph in the cache)."""
+    exported = yolo_model(["x", "y"])
+    weights = exported.graph.initializer[0]
+    changed = onnx.numpy_helper.to_array(weights) + np.float32(version)
+    weights.CopyFrom(onnx.numpy_helper.from_array(changed, weights.name))
+    return _save(tmp_path / f"v{version}", exported, ["x", "y"])
+
+
 def test_opening_model_after_model_keeps_the_graphs_of_the_last_few(tmp_path: Path) -> None:
     """Six YOLO model versions, each with its own free-size graph, opened one after another
     with SCORER_MODEL_KEEP=2: the cache keeps three graphs, the current one among them."""
-    settings = Settings.from_env(
-        {"SCORER_CACHE_DIR": str(tmp_path / "cache"), "SCORER_MODEL_KEEP": "2"}
-    )
+    cache_dir = tmp_path / "cache"
+    settings = Settings.from_env({"SCORER_CACHE_DIR": str(cache_dir), "SCORER_MODEL_KEEP": "2"})
     open_model = session_opener(settings, CPU_ONLY)
     for version in range(6):
-        exported = yolo_model(["x", "y"])
-        weights = exported.graph.initializer[0]
-        weights.CopyFrom(
-            onnx.numpy_helper.from_array(
-                onnx.numpy_helper.to_array(weights) + np.float32(version), weights.name
-            )
-        )
-        spec = inspect_export(
-            _save(tmp_path / f"v{version}", exported, ["x", "y"]), cache_dir=tmp_path / "cache"
-        )
+        spec = inspect_export(yolo_version(tmp_path, version), cache_dir=cache_dir)
         open_model(spec)
-        graphs = set((tmp_path / "cache").glob("free-dims-*.onnx"))
+        graphs = set(cache_dir.glob("free-dims-*.onnx"))
         assert spec.onnx_path in graphs and len(graphs) == min(version + 1, 3)
+
+
+def test_the_graph_of_the_model_served_is_never_removed(tmp_path: Path) -> None:
+    """Updates that fail after their model was opened (a canary, say) open model after model
+    while the first one is still served: its graph stays, however many come and go."""
+    cache_dir = tmp_path / "cache"
+    settings = Settings.from_env({"SCORER_CACHE_DIR": str(cache_dir), "SCORER_MODEL_KEEP": "1"})
+    open_model = session_opener(settings, CPU_ONLY)
+    served_spec = inspect_export(yolo_version(tmp_path, 0), cache_dir=cache_dir)
+    served = open_model(served_spec)
+    for version in range(1, 6):
+        candidate = open_model(inspect_export(yolo_version(tmp_path, version), cache_dir=cache_dir))
+        assert served_spec.onnx_path.exists(), version
+        del candidate  # refused: nothing holds it any more
+    assert len(set(cache_dir.glob("free-dims-*.onnx"))) == 2
+    assert served.spec is served_spec

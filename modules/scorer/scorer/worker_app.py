@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,13 +120,17 @@ def provider_options(
     }
 
 
-def forget_unused_derivations(settings: Settings, spec: ModelSpec, engines: Path | None) -> None:
-    """Mark the graph and engines this model uses as used, and remove those of models not
-    used lately: as many kept of each kind as versions in the store, and one more (the
-    image's own model)."""
+def forget_unused_derivations(
+    settings: Settings, spec: ModelSpec, in_use: list[tuple[Path, Path | None]]
+) -> None:
+    """Mark the graphs and engines of the models in use (the one just opened, the one served,
+    any other still held) as used, and remove those of models not used lately: as many kept
+    of each kind as versions in the store and one more (the image's own model), and never
+    one that a model in use needs."""
     root = cache.cache_root(spec.directory, settings.cache_dir)
-    cache.mark_used(root, spec.onnx_path, engines)
-    removed = cache.prune(root, settings.model_keep + 1)
+    for paths in in_use:
+        cache.mark_used(root, *paths)
+    removed = cache.prune(root, max(settings.model_keep + 1, len(in_use)))
     if removed:
         log.info(
             "cache: removed %d graphs or engines of models not used lately (%s)",
@@ -184,6 +189,11 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
         settings.yolo_max_aspect,
     )
 
+    # What each model still alive (served, in flight, being checked) derived in the cache.
+    derived: weakref.WeakKeyDictionary[LoadedModel, tuple[Path, Path | None]] = (
+        weakref.WeakKeyDictionary()
+    )
+
     def open_model(spec: ModelSpec) -> LoadedModel:
         options = provider_options(settings, spec, onnxruntime.__version__)
         folder = options[providers.TENSORRT].get("trt_engine_cache_path")
@@ -191,7 +201,8 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
             model = session.open_session(
                 spec, providers.with_options(chosen, options), level, threads, preparation
             )
-        forget_unused_derivations(settings, spec, Path(folder) if folder else None)
+        derived[model] = (spec.onnx_path, Path(folder) if folder else None)
+        forget_unused_derivations(settings, spec, list(derived.values()))
         return model
 
     return open_model
