@@ -202,12 +202,15 @@ def test_io_binding_on_the_serving_threads_keeps_each_clients_answer(
     server = start_scorer(demo_dir / "models" / "colors", IO_BINDING="on", PROVIDERS="cpu")
     each_of_twenty_clients_gets_its_own_answers(server.url, demo_dir)
     assert "IO binding on cpu" in server.log and "Traceback" not in server.log
+    info = requests.get(server.url + "/model").json()
+    assert (info["ioBinding"], info["warmInputSizes"]) == ("cpu", 1)
 
 
 def test_model_and_metrics(colors: ScorerProcess, demo_dir: Path) -> None:
     info = requests.get(colors.url + "/model").json()
     assert info["kind"] == "classification" and info["labels"] == ["red", "green", "blue"]
     assert info["providers"] == ["CPUExecutionProvider"] and len(info["sha256"]) == 64
+    assert (info["ioBinding"], info["warmInputSizes"]) == ("off", 1)  # auto: GPU only
     requests.post(colors.url + "/score", data=b"junk", headers={"Content-Type": "image/jpeg"})
     text = requests.get(colors.url + "/metrics").text
     assert 'scorer_requests_total{code="INVALID_IMAGE"}' in text

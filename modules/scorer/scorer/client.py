@@ -220,6 +220,8 @@ class GrpcClient:
                 {"provider": f.provider, "reason": f.reason, "detail": f.detail}
                 for f in info.provider_fallbacks
             ],
+            "warmInputSizes": info.warm_input_sizes,
+            "ioBinding": info.io_binding,
         }
 
     def close(self) -> None:

@@ -287,6 +287,8 @@ class Scorer:
             "providerFallbacks": list(self.provider_fallbacks),
             "sha256": spec.sha256,
             "ready": self.ready,
+            "warmInputSizes": len(served.model.warm_sizes) if served else 0,
+            "ioBinding": served.model.bound.device if served and served.model.bound else "off",
         }
 
     def score(self, image: bytes, options: ScoreOptions = ScoreOptions()) -> Result:

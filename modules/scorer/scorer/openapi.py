@@ -113,6 +113,15 @@ SCHEMAS: dict[str, Any] = {
             },
             "sha256": {"type": "string"},
             "ready": {"type": "boolean"},
+            "warmInputSizes": {
+                "type": "integer",
+                "description": "input sizes run before ready (each size of a YOLO export on a GPU)",
+            },
+            "ioBinding": {
+                "type": "string",
+                "enum": ["cuda", "cpu", "off"],
+                "description": "where fixed-size inputs are bound (SCORER_IO_BINDING)",
+            },
         },
     },
     "EdgeStatus": {

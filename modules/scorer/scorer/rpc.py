@@ -92,6 +92,8 @@ def model_message(info: dict[str, Any]) -> scoring_pb2.ModelInfo:
         sha256=info["sha256"],
         ready=info["ready"],
         provider_fallbacks=[scoring_pb2.ProviderFallback(**f) for f in info["providerFallbacks"]],
+        warm_input_sizes=info["warmInputSizes"],
+        io_binding=info["ioBinding"],
     )
 
 

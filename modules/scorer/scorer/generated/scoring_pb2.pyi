@@ -98,7 +98,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "format", "labels", "input_name", "input_shape", "input_type", "providers", "sha256", "ready", "provider_fallbacks")
+    __slots__ = ("name", "version", "kind", "format", "labels", "input_name", "input_shape", "input_type", "providers", "sha256", "ready", "provider_fallbacks", "warm_input_sizes", "io_binding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,8 @@ class ModelInfo(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    WARM_INPUT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    IO_BINDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kind: str
@@ -123,7 +125,9 @@ class ModelInfo(_message.Message):
     sha256: str
     ready: bool
     provider_fallbacks: _containers.RepeatedCompositeFieldContainer[ProviderFallback]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_type: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., ready: _Optional[bool] = ..., provider_fallbacks: _Optional[_Iterable[_Union[ProviderFallback, _Mapping]]] = ...) -> None: ...
+    warm_input_sizes: int
+    io_binding: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_type: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., ready: _Optional[bool] = ..., provider_fallbacks: _Optional[_Iterable[_Union[ProviderFallback, _Mapping]]] = ..., warm_input_sizes: _Optional[int] = ..., io_binding: _Optional[str] = ...) -> None: ...
 
 class ProviderFallback(_message.Message):
     __slots__ = ("provider", "reason", "detail")
