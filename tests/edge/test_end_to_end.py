@@ -124,7 +124,13 @@ def test_scorer_twin_and_get_status(device: EdgeDevice, demo_dir: Path) -> None:
     assert "maxPredictions" in reported["desiredErrors"]
     assert reported["defaults"]["maxPredictions"] == 0
 
-    status, answer = device.hub.call("scorer", "getStatus", {})
+    def status_once_a_result_is_sent() -> tuple[int, dict] | None:
+        # Results go to edgeHub from the publisher's own thread: the first may still be on
+        # its way when the scoring above is done.
+        status, answer = device.hub.call("scorer", "getStatus", {})
+        return (status, answer) if status != 200 or answer["publisher"]["sent"] >= 1 else None
+
+    status, answer = wait_for(status_once_a_result_is_sent, 20, "a result published")
     assert status == 200
     assert answer["providers"] == ["CPUExecutionProvider"]
     assert answer["model"]["name"] == "colors"
