@@ -90,9 +90,14 @@ class Reading:
     """A request being read in the event loop."""
 
     conn: ClientConnection
-    frame: RequestFrame
     deadline: float
     continued: bool = False
+
+    @property
+    def frame(self) -> RequestFrame:
+        """The request's framing: the connection's current frame (the thread finds it there)."""
+        assert self.conn.frame is not None
+        return self.conn.frame
 
 
 @dataclasses.dataclass
@@ -158,10 +163,9 @@ class ScorerWorker(ThreadWorker):
         is nothing to read yet (None)."""
         limits = self.app.settings
         while True:
-            frame = RequestFrame(conn.http, limits.max_body_bytes)
-            conn.frame = frame
-            reading = Reading(conn, frame, time.monotonic() + limits.client_timeout_s)
-            if not conn.http.trailing_data[0] or frame.feed() is Progress.NEED_MORE:
+            conn.frame = RequestFrame(conn.http, limits.max_body_bytes)
+            reading = Reading(conn, time.monotonic() + limits.client_timeout_s)
+            if not conn.http.trailing_data[0] or reading.frame.feed() is Progress.NEED_MORE:
                 break
             if not self.on_request_read(reading):
                 return None
