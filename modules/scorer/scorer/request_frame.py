@@ -124,10 +124,9 @@ class RequestFrame:
                 Code.HEADERS_TOO_LARGE, f"a request header is longer than {MAX_FIELD_BYTES} bytes"
             )
         headers = dict(request.headers)
-        length = headers.get(b"content-length")
-        if length is not None and int(length) > self.max_body_bytes:
+        self.announced = int(headers.get(b"content-length", 0))
+        if self.announced > self.max_body_bytes:
             return self._too_large()
-        self.announced = int(length or 0)
         self.expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
         return None
 
