@@ -147,7 +147,7 @@ def warmed_up(model: LoadedModel, name: str) -> LoadedModel:
         len(model.warm_sizes),
         "" if len(model.warm_sizes) == 1 else "s",
         (time.perf_counter() - started) * 1000,
-        f"on {model.bound.device}" if model.bound else "off",
+        "off" if model.io_binding == "off" else f"on {model.io_binding}",
     )
     return model
 
@@ -288,7 +288,7 @@ class Scorer:
             "sha256": spec.sha256,
             "ready": self.ready,
             "warmInputSizes": len(served.model.warm_sizes) if served else 0,
-            "ioBinding": served.model.bound.device if served and served.model.bound else "off",
+            "ioBinding": served.model.io_binding if served else "off",
         }
 
     def score(self, image: bytes, options: ScoreOptions = ScoreOptions()) -> Result:

@@ -119,6 +119,11 @@ class LoadedModel:
             else None
         )
 
+    @property
+    def io_binding(self) -> str:
+        """Where fixed-size inputs are bound: the device ("cuda", "cpu"), or "off"."""
+        return self.bound.device if self.bound is not None else "off"
+
     def run(self, tensor: np.ndarray) -> list[Any]:
         """Raw outputs, in `spec.output_names` order."""
         if self.bound is not None:
