@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 from scorer import imaging, providers
-from scorer.model import ModelOptions, ModelSpec, YoloResize, inspect_export
+from scorer.model import ModelOptions, YoloResize, inspect_export
 from scorer.session import Choice, LoadedModel, Preparation, open_session
 from scorer.settings import Settings
 from scorer.worker_app import model_options, provider_options, session_opener
@@ -49,20 +49,15 @@ def photos(count: int, size: tuple[int, int] = (300, 200)) -> list[Image.Image]:
     ]
 
 
-def unbound_outputs(spec: ModelSpec, tensor: np.ndarray) -> list[Any]:
-    return open_session(spec, CPU_ONLY).session.run(
-        list(spec.output_names), {spec.input_name: tensor}
-    )
-
-
 @pytest.mark.parametrize("model", ["squares", "colors-fp16"])  # three outputs; FP16 input
 def test_io_binding_gives_the_same_outputs_as_a_plain_run(demo_dir: Path, model: str) -> None:
     spec = inspect_export(demo_dir / "models" / model)
     bound = open_session(spec, CPU_ONLY, preparation=BIND)
-    assert bound.bound is not None and bound.bound.device == "cpu"
+    unbound = open_session(spec, CPU_ONLY)
+    assert bound.bound is not None and bound.bound.device == "cpu" and unbound.bound is None
     for picture in photos(3, (320, 320)):
         tensor = imaging.to_tensor(picture, spec.preprocessing)
-        for ours, plain in zip(bound.run(tensor), unbound_outputs(spec, tensor), strict=True):
+        for ours, plain in zip(bound.run(tensor), unbound.run(tensor), strict=True):
             assert np.array_equal(ours, plain)
 
 
@@ -94,7 +89,8 @@ def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
     spec = inspect_export(demo_dir / "models" / "colors")
     model = open_session(spec, CPU_ONLY, preparation=BIND)
     tensors = [imaging.to_tensor(picture, spec.preprocessing) for picture in photos(8, (224, 224))]
-    expected = [unbound_outputs(spec, tensor)[0] for tensor in tensors]
+    unbound = open_session(spec, CPU_ONLY)
+    expected = [unbound.run(tensor)[0] for tensor in tensors]
     wrong: list[int] = []
     start = threading.Barrier(len(tensors))
 
@@ -214,10 +210,11 @@ def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
     model = open_session(spec, cuda, preparation=Preparation())
     assert model.providers[0] == providers.CUDA and model.bound is not None
     assert model.bound.device == "cuda"
+    on_cpu = open_session(spec, CPU_ONLY)
     for picture in photos(3, (224, 224)):
         tensor = imaging.to_tensor(picture, spec.preprocessing)
         np.testing.assert_allclose(
-            model.run(tensor)[0], unbound_outputs(spec, tensor)[0], rtol=1e-3, atol=1e-4
+            model.run(tensor)[0], on_cpu.run(tensor)[0], rtol=1e-3, atol=1e-4
         )
 
 
