@@ -8,6 +8,7 @@ Every other export gets one size.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from .imaging import Preprocessing, resized_size
@@ -17,6 +18,7 @@ from .imaging import Preprocessing, resized_size
 SWEEP_SIDE = 4096
 
 
+@functools.lru_cache(maxsize=8)  # asked for the TensorRT profile, then by the session
 def input_sizes(prep: Preprocessing, max_aspect: float) -> tuple[tuple[int, int], ...]:
     """Every (width, height) the model's input takes for images up to `max_aspect`:1 either way,
     sorted; one size for exports that are not sized by pixel count."""
