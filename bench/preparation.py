@@ -8,6 +8,7 @@ For each model (the demo models, and the exports in ../shared/models when presen
     with an empty engine cache and again with the cache the first start left;
   - the first run of an input size not warmed up, against the next run of that size
     (what a camera's first frame would pay without `SCORER_WARM_EVERY_SIZE`);
+  - on CUDA, each `SCORER_CUDNN_CONV_ALGO_SEARCH`: start and p50;
   - on TensorRT, FP16 against FP32.
 Ratios are of the same run. Usage:
   .venv/bin/python bench/preparation.py [--provider cpu|cuda|tensorrt] [--runs N] [--shared DIR]
@@ -69,7 +70,10 @@ def opener(provider: str, cache: Path, **environ: str) -> Callable[[Path], Loade
     return open_folder
 
 
-def blank(model: LoadedModel, size: tuple[int, int]) -> np.ndarray:
+def blank(model: LoadedModel, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Random pixels at `size`, or at the model's own input size when it has a fixed one."""
+    prep = model.spec.preprocessing
+    size = size or prep.crop_size or prep.target_size
     rng = np.random.default_rng(0)
     shape = (1, 3, size[1], size[0])
     return rng.random(shape, dtype=np.float32).astype(model.spec.preprocessing.dtype)
@@ -85,7 +89,7 @@ def bench_fixed(name: str, folder: Path, provider: str, runs: int, work: Path) -
         starts.append(time.perf_counter() - started)
     unbound = opener(provider, work / name, IO_BINDING="off")(folder)
     spec = bound.spec
-    tensor = blank(bound, spec.preprocessing.crop_size or spec.preprocessing.target_size)
+    tensor = blank(bound)
     floor = p50_ms(
         lambda: bound.session.run(list(spec.output_names), {spec.input_name: tensor}), runs
     )
@@ -119,12 +123,28 @@ def bench_sizes(folder: Path, provider: str, runs: int, work: Path) -> None:
     )
 
 
+def bench_cudnn_search(name: str, folder: Path, runs: int, work: Path) -> None:
+    """What each cuDNN algorithm search costs at start and buys per run."""
+    figures = []
+    for search in providers.CudnnSearch:
+        started = time.perf_counter()
+        model = opener("cuda", work / f"cudnn-{search.value}", CUDNN_CONV_ALGO_SEARCH=search.value)(
+            folder
+        )
+        model.warm_up()
+        start = time.perf_counter() - started
+        tensor = blank(model)
+        run = p50_ms(lambda model=model, tensor=tensor: model.run(tensor), runs)
+        figures.append(f"{search.value} start {start:.2f} s, {run:.3f} ms")
+    print(f"{name:28} cuDNN search: " + " | ".join(figures))
+
+
 def bench_fp16(folder: Path, runs: int, work: Path) -> None:
     times = {}
     for fp16 in ("false", "true"):
         model = opener("tensorrt", work / f"fp16-{fp16}", TRT_FP16=fp16)(folder)
         model.warm_up()
-        tensor = blank(model, model.spec.preprocessing.target_size)
+        tensor = blank(model)
         times[fp16] = p50_ms(lambda model=model, tensor=tensor: model.run(tensor), runs)
     print(
         f"{folder.name:28} TensorRT FP32 {times['false']:.3f} ms, FP16 {times['true']:.3f} ms"
@@ -152,6 +172,9 @@ def main() -> None:
         for name, folder in fixed.items():
             bench_fixed(name, folder, args.provider, args.runs, work)
         bench_sizes(models / "squares-yolo", args.provider, args.runs, work)
+        if args.provider == "cuda":
+            for name, folder in fixed.items():
+                bench_cudnn_search(name, folder, args.runs, work)
         if args.provider == "tensorrt":
             for folder in (models / "colors", models / "squares"):
                 bench_fp16(folder, args.runs, work)

@@ -82,13 +82,15 @@ def test_io_binding_of_a_zipmap_export_decodes_the_same_probabilities(tmp_path: 
     assert bound.decode(bound.run(tensor)) == plain.decode(plain.run(tensor))
 
 
-def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
-    demo_dir: Path,
-) -> None:
-    """One buffer shared by concurrent runs would let a run score another's picture."""
-    spec = inspect_export(demo_dir / "models" / "colors")
-    model = open_session(spec, CPU_ONLY, preparation=BIND)
-    tensors = [imaging.to_tensor(picture, spec.preprocessing) for picture in photos(8, (224, 224))]
+def runs_keep_their_answers(folder: Path, chosen: list[Any], threads_at_once: int) -> LoadedModel:
+    """Runs one bound session from `threads_at_once` threads at once, each on its own
+    picture, and checks every answer against an unbound CPU session's."""
+    spec = inspect_export(folder)
+    model = open_session(spec, chosen, preparation=BIND)
+    tensors = [
+        imaging.to_tensor(picture, spec.preprocessing)
+        for picture in photos(threads_at_once, (224, 224))
+    ]
     unbound = open_session(spec, CPU_ONLY)
     expected = [unbound.run(tensor)[0] for tensor in tensors]
     wrong: list[int] = []
@@ -97,7 +99,7 @@ def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
     def runs(index: int) -> None:
         start.wait()
         for _ in range(60):
-            if not np.array_equal(model.run(tensors[index])[0], expected[index]):
+            if not np.allclose(model.run(tensors[index])[0], expected[index], rtol=1e-3, atol=1e-4):
                 wrong.append(index)
 
     threads = [threading.Thread(target=runs, args=(i,)) for i in range(len(tensors))]
@@ -107,6 +109,14 @@ def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
         thread.join()
     assert wrong == []
     assert model.bound is not None and 1 <= model.bound.made <= len(tensors)
+    return model
+
+
+def test_concurrent_runs_never_share_a_buffer_so_they_keep_their_answers(
+    demo_dir: Path,
+) -> None:
+    """One buffer shared by concurrent runs would let a run score another's picture."""
+    runs_keep_their_answers(demo_dir / "models" / "colors", CPU_ONLY, 8)
 
 
 def test_threads_taking_turns_share_one_binding(demo_dir: Path) -> None:
@@ -216,6 +226,30 @@ def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
         np.testing.assert_allclose(
             model.run(tensor)[0], on_cpu.run(tensor)[0], rtol=1e-3, atol=1e-4
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_sixteen_threads_on_cuda_buffers_keep_their_answers(demo_dir: Path) -> None:
+    """`update_inplace` into device buffers from as many threads as a worker serves with."""
+    cuda = [(providers.CUDA, providers.cuda_options(providers.CudnnSearch.EXHAUSTIVE, 0))]
+    model = runs_keep_their_answers(demo_dir / "models" / "squares", cuda, 16)
+    assert model.providers[0] == providers.CUDA
+    assert model.bound is not None and model.bound.device == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_cuda_warms_every_yolo_size_before_it_serves(demo_dir: Path, tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"SCORER_YOLO_RESIZE": "export", "SCORER_CACHE_DIR": str(tmp_path)}
+    )
+    spec = inspect_export(demo_dir / "models" / "squares-yolo", model_options(settings, False))
+    model = session_opener(settings, [providers.CUDA, "CPUExecutionProvider"])(spec)
+    assert model.providers[0] == providers.CUDA
+    model.warm_up()
+    assert len(model.warm_sizes) == 31
+    assert model.io_binding == "off"  # sizes vary: nothing to preallocate
 
 
 @pytest.mark.gpu
