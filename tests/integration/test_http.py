@@ -210,7 +210,7 @@ def test_model_and_metrics(colors: ScorerProcess, demo_dir: Path) -> None:
     info = requests.get(colors.url + "/model").json()
     assert info["kind"] == "classification" and info["labels"] == ["red", "green", "blue"]
     assert info["providers"] == ["CPUExecutionProvider"] and len(info["sha256"]) == 64
-    assert (info["ioBinding"], info["warmInputSizes"]) == ("off", 1)  # auto: GPU only
+    assert (info["ioBinding"], info["warmInputSizes"]) == ("off", 1)  # off by default
     requests.post(colors.url + "/score", data=b"junk", headers={"Content-Type": "image/jpeg"})
     text = requests.get(colors.url + "/metrics").text
     assert 'scorer_requests_total{code="INVALID_IMAGE"}' in text

@@ -37,6 +37,8 @@ def test_a_request_reuses_the_memory_of_the_one_before(
     for _ in range(REQUESTS):
         client.score(frame)
     per_request = (minor_faults(worker) - before) / REQUESTS
-    # The decoded frame, its resized copy and the tensor are about 9 MB: 2,300 pages if
-    # each request faulted them in again.
-    assert per_request < 100, f"{per_request:.0f} page faults per request"
+    # The decoded frame, its resized copy and the tensor are about 9 MB: 2,200 faults per
+    # request if each request faulted them in again (measured with the thresholds unset).
+    # Kept: under 1 here; 186 on a 16-core GPU machine running eight test processes at once,
+    # where the same test alone counted under 1.
+    assert per_request < 500, f"{per_request:.0f} page faults per request"

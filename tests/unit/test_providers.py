@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 from scorer import providers
 from scorer.model import inspect_export
 from scorer.session import open_session
@@ -124,6 +129,24 @@ def test_auto_on_this_machine_loads_a_session_quietly(
     out, err = capfd.readouterr()
     assert "onnxruntime" not in out + err and "EP Error" not in out + err
     assert model.providers[-1] == "CPUExecutionProvider"
+
+
+def test_onnx_runtimes_warnings_reach_the_terminal_at_debug_only(
+    demo_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An initializer no node uses: ONNX Runtime warns that it removes it."""
+    folder = tmp_path / "colors"
+    shutil.copytree(demo_dir / "models" / "colors", folder)
+    graph = onnx.load(folder / "model.onnx")
+    graph.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    onnx.save(graph, folder / "model.onnx")
+    spec = inspect_export(folder)
+    capfd.readouterr()
+    open_session(spec, [providers.CPU], log_level=logging.DEBUG)
+    assert "Removing initializer 'unused'" in capfd.readouterr().err
+    open_session(spec, [providers.CPU])  # INFO, as the scorer runs by default
+    out, err = capfd.readouterr()
+    assert "onnxruntime" not in out + err
 
 
 @pytest.mark.gpu

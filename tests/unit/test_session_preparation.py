@@ -217,7 +217,7 @@ def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
 ) -> None:
     spec = inspect_export(demo_dir / "models" / "colors")
     cuda = [(providers.CUDA, providers.cuda_options(providers.CudnnSearch.EXHAUSTIVE, 0))]
-    model = open_session(spec, cuda, preparation=Preparation())
+    model = open_session(spec, cuda, preparation=Preparation(io_binding=Choice.AUTO))
     assert model.providers[0] == providers.CUDA and model.bound is not None
     assert model.bound.device == "cuda"
     on_cpu = open_session(spec, CPU_ONLY)

@@ -39,7 +39,7 @@ class Preparation:
     """What the session prepares before it serves: IO binding for fixed-size inputs, and
     warm-up of every input size a pixel-count export sees (images up to `max_aspect`:1)."""
 
-    io_binding: Choice = Choice.AUTO
+    io_binding: Choice = Choice.OFF  # measured no faster on CUDA (docs/BENCHMARKS.md)
     warm_every_size: Choice = Choice.AUTO
     max_aspect: float = 2.5
 

@@ -200,9 +200,10 @@ class Settings:
         0, _non_negative_int, "most memory the CUDA provider's arena may take (0: no limit)"
     )
     io_binding: str = _setting(
-        "auto",
+        "off",
         _choice("auto", "on", "off"),
-        "bind fixed-size inputs to buffers kept on the device, one per run at once (auto: on GPU)",
+        "bind fixed-size inputs to buffers kept on the device, one per run at once (auto: on"
+        " GPU; off by default: it measured no faster on CUDA, docs/BENCHMARKS.md)",
     )
     warm_every_size: str = _setting(
         "auto",
