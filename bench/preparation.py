@@ -35,11 +35,8 @@ from scorer.session import LoadedModel  # noqa: E402
 from scorer.settings import Settings  # noqa: E402
 from scorer.worker_app import model_options, session_opener  # noqa: E402
 
-CHOSEN = {
-    "cpu": [providers.CPU],
-    "cuda": [providers.CUDA, providers.CPU],
-    "tensorrt": [providers.TENSORRT, providers.CUDA, providers.CPU],
-}
+from bench import provider_choice  # noqa: E402
+from bench.provider_choice import provider_names  # noqa: E402
 
 
 def p50_ms(call: Callable[[], object], runs: int) -> float:
@@ -59,12 +56,12 @@ def opener(provider: str, cache: Path, **environ: str) -> Callable[[Path], Loade
         {"SCORER_CACHE_DIR": str(cache), **{f"SCORER_{k}": v for k, v in environ.items()}}
     )
     tensorrt = provider == "tensorrt"
-    open_model = session_opener(settings, CHOSEN[provider])
+    open_model = session_opener(settings, provider_names(provider))
 
     def open_folder(folder: Path) -> LoadedModel:
         model = open_model(inspect_export(folder, model_options(settings, tensorrt), cache))
-        if model.providers[0] != CHOSEN[provider][0]:
-            raise SystemExit(f"{CHOSEN[provider][0]} does not run here: {model.providers}")
+        if model.providers[0] != provider_names(provider)[0]:
+            raise SystemExit(f"{provider_names(provider)[0]} does not run here: {model.providers}")
         return model
 
     return open_folder
@@ -154,7 +151,7 @@ def bench_fp16(folder: Path, runs: int, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--provider", choices=sorted(CHOSEN), default="cpu")
+    parser.add_argument("--provider", choices=sorted(provider_choice.SETTINGS), default="cpu")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     args = parser.parse_args()

@@ -41,17 +41,10 @@ from scorer.core import Scorer, ScorerConfig  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
 from scorer.session import open_session  # noqa: E402
 
+from bench import provider_choice  # noqa: E402
+from bench.provider_choice import provider_names  # noqa: E402
 from tests.scorer_process import ScorerProcess, scorer_env  # noqa: E402
 
-# --provider -> (the baseline's providers, the scorer's SCORER_PROVIDERS)
-PROVIDERS = {
-    "cpu": (["CPUExecutionProvider"], "cpu"),
-    "cuda": (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda,cpu"),
-    "tensorrt": (
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        "tensorrt,cuda,cpu",
-    ),
-}
 Caller = Callable[[bytes], object]
 
 
@@ -124,7 +117,7 @@ def concurrently(
 def bench_model(
     name: str, model_dir: Path, images: list[bytes], count: int, cache: Path, provider: str
 ) -> dict:
-    session_providers, setting = PROVIDERS[provider]
+    session_providers, setting = provider_names(provider), provider_choice.SETTINGS[provider]
     spec = inspect_export(model_dir, cache_dir=cache)
     session = ort.InferenceSession(str(spec.onnx_path), providers=session_providers)
     if session.get_providers()[0] != session_providers[0]:
@@ -203,7 +196,7 @@ def models_and_images(demo: Path, shared: Path) -> list[tuple[str, Path, list[by
 def report(rows: list[dict], provider: str) -> None:
     print(
         f"\n{platform.machine()} {platform.processor()} | onnxruntime {ort.__version__}"
-        f" {PROVIDERS[provider][0][0]} | python {platform.python_version()}"
+        f" {provider_names(provider)[0]} | python {platform.python_version()}"
     )
     print(f"{'model':30} {'stage':18} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50/(a)':>8}")
     for row in rows:
@@ -225,7 +218,7 @@ def report(rows: list[dict], provider: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per stage")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
+    parser.add_argument("--provider", choices=sorted(provider_choice.SETTINGS), default="cpu")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="real exports")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     args = parser.parse_args()
