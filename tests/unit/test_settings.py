@@ -57,6 +57,8 @@ def test_empty_value_means_default() -> None:
         ("SCORER_CUDNN_CONV_ALGO_SEARCH", "fast", "EXHAUSTIVE"),
         ("SCORER_GPU_MEM_LIMIT_MB", "-1", "0 or more"),
         ("SCORER_IO_BINDING", "yes", "auto"),
+        ("SCORER_MAX_CONNECTIONS", "0", "above 0"),
+        ("SCORER_IDLE_CONNECTION_S", "1.5", "SCORER_IDLE_CONNECTION_S"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str, message: str) -> None:

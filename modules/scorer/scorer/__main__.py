@@ -81,7 +81,8 @@ class ScorerServer(BaseApplication):
             "threads": s.threads,
             "graceful_timeout": math.ceil(s.graceful_timeout_s),
             "timeout": 120,
-            "keepalive": 75,
+            "keepalive": s.idle_connection_s,
+            "worker_connections": s.max_connections,
             "loglevel": s.log_level.lower(),
             "accesslog": None,
             # gunicorn's control socket would be written under $HOME; nothing here uses it.

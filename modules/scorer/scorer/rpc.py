@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -245,11 +246,29 @@ class KeyInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class GrpcLimits:
+    """What the gRPC server holds at most. Calls, streams included, cost memory, not a
+    thread; beyond `max_calls` gRPC answers RESOURCE_EXHAUSTED at once. Connections cost a
+    file descriptor each (shared with the HTTP side and the model files): beyond
+    `max_connections` a new one is closed at once, and one with no call for
+    `idle_connection_s` is closed (its client reconnects when it next calls)."""
+
+    max_calls: int = 256
+    max_connections: int = 1000
+    idle_connection_s: int = 75
+
+
 class GrpcServer:
     """The gRPC front end on an event loop of its own, in a thread beside gunicorn's."""
 
     def __init__(
-        self, scorer: Scorer, address: str, max_calls: int, keys: ApiKeys, tls: TlsSource | None
+        self,
+        scorer: Scorer,
+        address: str,
+        limits: GrpcLimits,
+        keys: ApiKeys,
+        tls: TlsSource | None,
     ) -> None:
         self.scorer = scorer
         self.keys = keys
@@ -259,20 +278,23 @@ class GrpcServer:
             scorer.config.max_inflight, thread_name_prefix="grpc-score"
         )
         threading.Thread(target=self.loop.run_forever, name="grpc", daemon=True).start()
-        self.port = self._call(self._build(address, max_calls))
+        self.port = self._call(self._build(address, limits))
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    async def _build(self, address: str, max_calls: int) -> int:
+    async def _build(self, address: str, limits: GrpcLimits) -> int:
         message_limit = self.scorer.config.max_body_bytes + MESSAGE_OVERHEAD_BYTES
         self.servicer = ScoringServicer(self.scorer, self.pool)
         self.server = grpc.aio.server(
             interceptors=[KeyInterceptor(self.keys, self.scorer)] if self.keys.enabled else [],
-            maximum_concurrent_rpcs=max_calls,
+            maximum_concurrent_rpcs=limits.max_calls,
             options=[
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),
+                # beyond it gRPC's core closes a new connection before any code of ours runs
+                ("grpc.max_allowed_incoming_connections", limits.max_connections),
+                ("grpc.max_connection_idle_ms", limits.idle_connection_s * 1000),
                 # a second scorer must not share this port (and split the clients)
                 ("grpc.so_reuseport", 0),
             ],
@@ -324,14 +346,10 @@ class GrpcServer:
 def create_server(
     scorer: Scorer,
     address: str,
-    max_calls: int = 256,
+    limits: GrpcLimits = GrpcLimits(),
     keys: ApiKeys = NO_KEYS,
     tls: TlsSource | None = None,
 ) -> tuple[GrpcServer, int]:
-    """A gRPC server (not started) for the scorer, with health and reflection; and its port.
-
-    `max_calls` bounds concurrent calls, streams included (each costs memory, not a thread);
-    beyond it gRPC answers RESOURCE_EXHAUSTED at once.
-    """
-    server = GrpcServer(scorer, address, max_calls, keys, tls)
+    """A gRPC server (not started) for the scorer, with health and reflection; and its port."""
+    server = GrpcServer(scorer, address, limits, keys, tls)
     return server, server.port

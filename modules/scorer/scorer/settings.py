@@ -170,6 +170,17 @@ class Settings:
     grpc_max_calls: int = _setting(
         256, _positive_int, "concurrent gRPC calls, streams included (they cost no thread)"
     )
+    max_connections: int = _setting(
+        1000,
+        _positive_int,
+        "client connections each server keeps open (HTTP, gRPC); beyond, HTTP waits to accept"
+        " and gRPC closes them",
+    )
+    idle_connection_s: int = _setting(
+        75,
+        _positive_int,
+        "a connection with nothing in flight is closed after this (HTTP keep-alive; gRPC, no call)",
+    )
     max_inflight: int = _setting(16, _positive_int, "requests scored at once before 429")
     max_body_bytes: int = _setting(8 * 1024 * 1024, _positive_int, "largest request body")
     client_timeout_s: float = _setting(

@@ -279,13 +279,15 @@ def end_the_process(reason: str) -> None:
 def start_grpc(scorer: Scorer, settings: Settings, tls: TlsSource | None) -> Any:
     """Start the gRPC server on the worker's scorer; a port it cannot bind ends the worker."""
     # Imported after the fork, like onnxruntime: gRPC's core must not run in the master.
-    from .rpc import create_server
+    from .rpc import GrpcLimits, create_server
 
     try:
         server, port = create_server(
             scorer,
             f"{settings.host}:{settings.grpc_port}",
-            settings.grpc_max_calls,
+            GrpcLimits(
+                settings.grpc_max_calls, settings.max_connections, settings.idle_connection_s
+            ),
             ApiKeys(settings.api_keys),
             tls,
         )

@@ -1,0 +1,112 @@
+"""A flood of connections that send nothing is bounded on both ports (SCORER_MAX_CONNECTIONS):
+past the limit HTTP stops accepting until one closes, and gRPC closes the newcomer at once, so
+file descriptors and memory stay bounded and the other port keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import requests
+from scorer.client import GrpcClient, ScoringFailed
+
+from tests.reliability.test_slow_clients import answer
+from tests.scorer_process import ScorerProcess
+
+pytestmark = pytest.mark.reliability
+
+LIMIT = 6
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC connection that asks nothing
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+@pytest.fixture
+def server(start_scorer: Callable[..., ScorerProcess], demo_dir: Path) -> ScorerProcess:
+    return start_scorer(
+        demo_dir / "models" / "colors",
+        PROVIDERS="cpu",
+        MAX_CONNECTIONS=str(LIMIT),
+        CLIENT_TIMEOUT_S="60",  # the held connections must outlast the test
+    )
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server ends the connection (within the socket's timeout)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_grpc_closes_a_connection_beyond_the_limit_and_serves_once_the_flood_goes(
+    server: ScorerProcess, demo_dir: Path
+) -> None:
+    address = ("127.0.0.1", server.grpc_port)
+    with ExitStack() as stack:
+        held = [
+            stack.enter_context(socket.create_connection(address, timeout=10)) for _ in range(LIMIT)
+        ]
+        for sock in held:
+            sock.sendall(PREFACE)
+            assert sock.recv(9)  # the server's SETTINGS: this one was taken
+        extra = stack.enter_context(socket.create_connection(address, timeout=10))
+        extra.sendall(PREFACE)
+        assert closed_by_server(extra)
+        for sock in held:  # the ones it took are still open
+            sock.settimeout(0.2)
+            assert not closed_by_server(sock)
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    image = (demo_dir / "images" / "red.jpg").read_bytes()
+    client = GrpcClient(server.grpc_target)
+    for _ in range(50):  # the server sees the flood's connections close
+        try:
+            assert client.score(image)["predictions"][0]["tagName"] == "red"
+            break
+        except ScoringFailed:
+            time.sleep(0.1)
+    else:
+        pytest.fail("gRPC still refused calls after the flood's connections closed")
+    assert "Traceback" not in server.log
+
+
+def test_http_takes_no_connection_beyond_the_limit_until_one_closes(
+    server: ScorerProcess,
+) -> None:
+    address = ("127.0.0.1", server.port)
+    with ExitStack() as stack:
+        held = [
+            stack.enter_context(socket.create_connection(address, timeout=10)) for _ in range(LIMIT)
+        ]
+        held[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
+        assert answer(held[-1])[0] == 200  # all of them were accepted by now
+        waiting = stack.enter_context(socket.create_connection(address, timeout=2))
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            waiting.recv(1)  # left in the listen queue, unread
+        held[0].close()
+        waiting.settimeout(10)
+        assert answer(waiting)[0] == 200
+        assert GrpcClient(server.grpc_target).model()["labels"] == ["red", "green", "blue"]
+
+
+def test_connections_with_nothing_in_flight_are_closed_after_the_idle_time(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", IDLE_CONNECTION_S="1")
+    with ExitStack() as stack:
+        kept_alive = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
+        assert answer(kept_alive)[0] == 200
+        no_call = stack.enter_context(socket.create_connection(("127.0.0.1", server.grpc_port)))
+        no_call.sendall(PREFACE)
+        for sock in (kept_alive, no_call):
+            sock.settimeout(30)
+            assert closed_by_server(sock)
