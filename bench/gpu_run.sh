@@ -40,13 +40,18 @@ pytest_here() {
   python3 -m pytest -q -p no:cacheprovider -rs --continue-on-collection-errors "$@"
 }
 
-preparation() {
-  for provider in cuda tensorrt; do
-    echo "== bench/preparation.py --provider $provider"
-    python3 bench/preparation.py --runs "$REQUESTS" --provider "$provider" \
-      --shared "$CARRIED/shared" 2>&1 | tee "$OUT/preparation-$provider.log" | tail -20
+# per_provider SCRIPT COUNT_OPTION PROVIDER...: bench/SCRIPT.py once per provider, a log each
+per_provider() {
+  local script=$1 count=$2
+  shift 2
+  for provider in "$@"; do
+    echo "== bench/$script.py --provider $provider"
+    python3 "bench/$script.py" "$count" "$REQUESTS" --provider "$provider" \
+      --shared "$CARRIED/shared" 2>&1 | tee "$OUT/$script-$provider.log" | tail -48
   done
 }
+
+preparation() { per_provider preparation --runs cuda tensorrt; }
 
 gpu_tests() {
   echo "== the gpu tests"
@@ -79,13 +84,7 @@ for run in ("first start", "restart"):
 PY
 }
 
-scoring() {
-  for provider in cuda cpu; do
-    echo "== bench/scoring.py --provider $provider"
-    python3 bench/scoring.py --requests "$REQUESTS" --provider "$provider" \
-      --shared "$CARRIED/shared" 2>&1 | tee "$OUT/bench-$provider.log" | tail -48
-  done
-}
+scoring() { per_provider scoring --requests cuda cpu; }
 
 for step in $STEPS; do
   case $step in
