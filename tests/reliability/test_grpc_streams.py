@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scorer.client import GrpcClient
+from scorer.client import GrpcClient, ScoringFailed
 from scorer.generated import scoring_pb2
 
 from tests.scorer_process import ScorerProcess, scorer_env
@@ -42,8 +43,9 @@ def idle_stream(channel: grpc.Channel, stop: threading.Event) -> grpc.Future:
 
 
 def test_a_hundred_idle_streams_leave_score_and_health_working(
-    server: ScorerProcess, demo_dir: Path
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
 ) -> None:
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", GRPC_MAX_CALLS="128")
     stop = threading.Event()
     with grpc.insecure_channel(server.grpc_target) as channel:
         streams = [idle_stream(channel, stop) for _ in range(100)]
@@ -60,6 +62,38 @@ def test_a_hundred_idle_streams_leave_score_and_health_working(
             stop.set()
             for stream in streams:
                 stream.cancel()
+
+
+def test_a_call_beyond_the_call_limit_is_refused_at_once_and_served_once_one_ends(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Each call may hold a message of up to SCORER_MAX_BODY_BYTES inside gRPC's core while it
+    arrives: the call limit is what bounds that memory."""
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", GRPC_MAX_CALLS="4")
+    image = (demo_dir / "images" / "red.jpg").read_bytes()
+    stop = threading.Event()
+    client = GrpcClient(server.grpc_target)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        streams = [idle_stream(channel, stop) for _ in range(4)]
+        try:
+            with pytest.raises(ScoringFailed) as refused:
+                for _ in range(50):  # until the four streams have started on the server
+                    client.score(image)
+                    time.sleep(0.1)
+            assert refused.value.code == "RESOURCE_EXHAUSTED"  # gRPC's own, no error-code
+        finally:
+            stop.set()
+            for stream in streams:
+                stream.cancel()
+    for _ in range(50):  # the server sees the streams end
+        try:
+            assert client.score(image)["predictions"][0]["tagName"] == "red"
+            break
+        except ScoringFailed:
+            time.sleep(0.1)
+    else:
+        pytest.fail("calls were still refused after the streams ended")
+    client.close()
 
 
 def test_an_undecodable_request_is_invalid_argument(server: ScorerProcess) -> None:

@@ -254,7 +254,7 @@ class GrpcLimits:
     `max_connections` a new one is closed at once, and one with no call for
     `idle_connection_s` is closed (its client reconnects when it next calls)."""
 
-    max_calls: int = 256
+    max_calls: int = 64
     max_connections: int = 1000
     idle_connection_s: int = 75
 

@@ -168,7 +168,10 @@ class Settings:
         24, _positive_int, "HTTP threads; more than max_inflight, so health and 429s never wait"
     )
     grpc_max_calls: int = _setting(
-        256, _positive_int, "concurrent gRPC calls, streams included (they cost no thread)"
+        64,
+        _positive_int,
+        "concurrent gRPC calls, streams included (no thread each; up to SCORER_MAX_BODY_BYTES"
+        " of memory each while a message arrives)",
     )
     max_connections: int = _setting(
         1000,
