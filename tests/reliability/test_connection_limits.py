@@ -5,15 +5,15 @@ file descriptors and memory stay bounded and the other port keeps serving."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import requests
-from scorer.client import GrpcClient, ScoringFailed
+from scorer.client import GrpcClient
 
+from tests.reliability.test_grpc_streams import scores_red_once_freed
 from tests.reliability.test_slow_clients import answer
 from tests.scorer_process import ScorerProcess
 
@@ -66,14 +66,8 @@ def test_grpc_closes_a_connection_beyond_the_limit_and_serves_once_the_flood_goe
         assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
     image = (demo_dir / "images" / "red.jpg").read_bytes()
     client = GrpcClient(server.grpc_target)
-    for _ in range(50):  # the server sees the flood's connections close
-        try:
-            assert client.score(image)["predictions"][0]["tagName"] == "red"
-            break
-        except ScoringFailed:
-            time.sleep(0.1)
-    else:
-        pytest.fail("gRPC still refused calls after the flood's connections closed")
+    assert scores_red_once_freed(client, image), "calls still refused after the flood went"
+    client.close()
     assert "Traceback" not in server.log
 
 
