@@ -87,8 +87,13 @@ def start_scorer(
     started: list[ScorerProcess] = []
     cache = tmp_path_factory.mktemp("cache")
 
-    def start(model_dir: Path, wait: bool = True, **settings: str) -> ScorerProcess:
-        process = ScorerProcess(scorer_env(model_dir, cache, **settings))
+    def start(
+        model_dir: Path,
+        wait: bool = True,
+        nofile: tuple[int, int] | None = None,
+        **settings: str,
+    ) -> ScorerProcess:
+        process = ScorerProcess(scorer_env(model_dir, cache, **settings), nofile=nofile)
         started.append(process)
         if wait:
             process.wait_ready()

@@ -30,9 +30,11 @@ class ScorerProcess:
         ca: Path | None = None,
         client_cert: tuple[Path, Path] | None = None,
         cwd: Path = REPO,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         """With `ca`, the scorer serves TLS signed by it (and wants `client_cert` if given);
-        `cwd` is the tree it runs from (another revision's, to compare)."""
+        `cwd` is the tree it runs from (another revision's, to compare); `nofile`, the
+        (soft, hard) file descriptor limits it starts with, as `docker --ulimit` sets them."""
         self.ca = ca
         self.tls_options: dict = {}
         if ca is not None:
@@ -44,8 +46,17 @@ class ScorerProcess:
         self.grpc_port: int | None = None
         self._grpc_listening = threading.Event()
         self._listening = threading.Event()
+        command = [sys.executable, "-m", "scorer"]
+        if nofile is not None:
+            command = [
+                sys.executable,
+                "-c",
+                "import resource, runpy, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, {nofile}); "
+                "sys.argv = ['scorer']; runpy.run_module('scorer', run_name='__main__')",
+            ]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scorer"],
+            command,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

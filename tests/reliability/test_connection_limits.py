@@ -4,7 +4,9 @@ file descriptors and memory stay bounded and the other port keeps serving."""
 
 from __future__ import annotations
 
+import resource
 import socket
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,8 +16,8 @@ import requests
 from scorer.client import GrpcClient
 
 from tests.reliability.test_grpc_streams import scores_red_once_freed
-from tests.reliability.test_slow_clients import answer
-from tests.scorer_process import ScorerProcess
+from tests.reliability.test_slow_clients import answer, gauge
+from tests.scorer_process import ScorerProcess, worker_pid
 
 pytestmark = pytest.mark.reliability
 
@@ -32,6 +34,10 @@ def server(start_scorer: Callable[..., ScorerProcess], demo_dir: Path) -> Scorer
         MAX_CONNECTIONS=str(LIMIT),
         CLIENT_TIMEOUT_S="60",  # the held connections must outlast the test
     )
+
+
+def soft_descriptor_limit(pid: int) -> int:
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -104,3 +110,51 @@ def test_connections_with_nothing_in_flight_are_closed_after_the_idle_time(
         for sock in (kept_alive, no_call):
             sock.settimeout(30)
             assert closed_by_server(sock)
+
+
+def test_dockers_default_descriptor_limit_is_raised_at_start(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Docker's is 1024 soft and 524288 hard; the hard one here is whatever this machine
+    allows (it only has to be above what the scorer asks for)."""
+    hard = min(524288, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", nofile=(1024, hard))
+    assert "file descriptor limit raised from 1024 to 2256" in server.log
+    assert soft_descriptor_limit(worker_pid(server.proc.pid)) == 2256
+
+
+def test_a_hard_limit_too_low_cuts_the_connection_limits_and_a_flood_ends_no_worker(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", nofile=(300, 300))
+    fits = (300 - 256) // 2
+    assert f"SCORER_MAX_CONNECTIONS is {fits} per server instead of 1000" in server.log
+    worker = worker_pid(server.proc.pid)
+    with ExitStack() as stack:
+        for port in (server.port, server.grpc_port):
+            for _ in range(3 * fits):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(1)  # the loops take (or refuse) what they can
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log
+
+
+def test_out_of_descriptors_the_worker_stops_accepting_for_a_moment_instead_of_ending(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Descriptors taken by something else than connections (model files, a leak): accept()
+    fails with EMFILE. Before, that exception ended the worker and every request in it."""
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu")
+    worker = worker_pid(server.proc.pid)
+    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    in_use = len(list(Path(f"/proc/{worker}/fd").iterdir()))
+    resource.prlimit(worker, resource.RLIMIT_NOFILE, (in_use + 3, limits[1]))
+    with ExitStack() as stack:
+        for _ in range(10):
+            stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        time.sleep(1)
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log
+    assert "cannot accept a connection (Too many open files)" in server.log
+    assert gauge(server, "scorer_http_accept_pauses_total") >= 1

@@ -9,6 +9,7 @@ in-flight budget. This process, the master, imports none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from . import descriptors
 from .archive import export_folder
 from .errors import one_line
 from .model_store import ModelStore, StoreError
@@ -136,6 +138,8 @@ def main() -> int:
     except (OSError, ValueError, KeyError) as error:
         log.critical("cannot start: no TLS certificate: %s", one_line(error))
         return 2
+    connections = descriptors.ensure_for(settings.max_connections)
+    settings = dataclasses.replace(settings, max_connections=connections)
     ScorerServer(settings, folder, tls, version).run()
     return 0
 

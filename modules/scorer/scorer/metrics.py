@@ -45,6 +45,11 @@ class ScorerMetrics:
             "Bytes held by HTTP requests still arriving (bounded by SCORER_READ_BUDGET_BYTES)",
             registry=self.registry,
         )
+        self.http_accept_pauses = Counter(
+            "scorer_http_accept_pauses",
+            "Times HTTP stopped accepting connections for a second: no file descriptor was left",
+            registry=self.registry,
+        )
         self.provider_fallback = Gauge(
             "scorer_provider_fallback",
             "An installed GPU execution provider that auto had to drop, by reason",

@@ -41,6 +41,10 @@ READ_CHUNK = 64 * 1024
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 DRAIN_S = 2.0  # after a closing answer, read and discard what the client still sends
 DRAIN_BYTES = 1 << 20
+# accept() failing for want of a descriptor or of kernel memory: stop accepting this long
+# (as asyncio does) while the open connections are served and free theirs
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_PAUSE_S = 1.0
 
 
 def error_answer(code: Code, message: str) -> Answer:
@@ -122,6 +126,7 @@ class ScorerWorker(ThreadWorker):
         # Bytes held by requests still arriving: without a bound, a thousand connections
         # each sending most of a maximal body and stalling would hold gigabytes.
         self.held = 0
+        self.accept_paused_until = 0.0
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
         super().init_process()  # loads the app, then runs the loop
@@ -138,7 +143,9 @@ class ScorerWorker(ThreadWorker):
         try:
             sock, client = listener.accept()
         except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+            if error.errno in OUT_OF_DESCRIPTORS:
+                self.pause_accepting(error)
+            elif error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
         self.nr_conns += 1
@@ -147,6 +154,23 @@ class ScorerWorker(ThreadWorker):
                 sock, server_side=True, do_handshake_on_connect=False
             )
         self.start_reading(ClientConnection(self.cfg, sock, client, listener.getsockname()))
+
+    def pause_accepting(self, error: OSError) -> None:
+        """Out of descriptors: stop accepting for a moment instead of ending the worker (and
+        every request in it); the connection waits in the listen queue meanwhile."""
+        self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+        self.set_accept_enabled(False)
+        self.app.scorer.metrics.http_accept_pauses.inc()
+        log.warning(
+            "cannot accept a connection (%s): not accepting for %g s",
+            error.strerror,
+            ACCEPT_PAUSE_S,
+        )
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's loop enables accepting again whenever a connection may be taken; not
+        while a pause for want of descriptors lasts."""
+        super().set_accept_enabled(enabled and time.monotonic() >= self.accept_paused_until)
 
     def on_client_socket_readable(self, conn: ClientConnection, client: Any) -> None:
         """A kept-alive connection sends its next request: read it here, not in a thread."""
