@@ -37,3 +37,16 @@ def test_get_edge_answers_nulls_outside_iot_edge_and_the_status_under_it(demo_di
     state = {"publisher": {"connected": True, "sent": 7}, "relay": {"reachable": False}}
     inside = create_app(scorer, edge_status=lambda: state).test_client().get("/edge")
     assert inside.json == state
+
+
+def test_the_relays_metrics_server_closes_a_connection_that_sends_nothing() -> None:
+    """Each connection holds a thread there: a silent one is let go after the client timeout,
+    and scrapes are answered meanwhile."""
+    server = MetricsServer(0, lambda: STATS, host="127.0.0.1", client_timeout_s=0.5)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+            assert fetch(f"http://127.0.0.1:{server.port}/metrics")["reachable"] is True
+            assert silent.recv(1) == b""  # closed by the server, well before the 10 s here
+    finally:
+        server.stop()

@@ -60,8 +60,17 @@ def render(stats: dict[str, Any]) -> str:
 class MetricsServer:
     """`GET /metrics` on a port of its own, answered from `stats()` at each scrape."""
 
-    def __init__(self, port: int, stats: Callable[[], dict[str, Any]], host: str = "0.0.0.0"):
+    def __init__(
+        self,
+        port: int,
+        stats: Callable[[], dict[str, Any]],
+        host: str = "0.0.0.0",
+        client_timeout_s: float = 10.0,
+    ):
         class Handler(http.server.BaseHTTPRequestHandler):
+            # each connection has a thread: one that sends nothing must not keep it for good
+            timeout = client_timeout_s
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
