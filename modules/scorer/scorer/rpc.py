@@ -1,4 +1,4 @@
-"""gRPC front end: `create_server(scorer, address)` translates `scoring.v1` calls to the core."""
+"""gRPC front end: `create_server(scorer, address, limits)` serves `scoring.v1` from the core."""
 
 from __future__ import annotations
 
@@ -252,11 +252,13 @@ class GrpcLimits:
     thread; beyond `max_calls` gRPC answers RESOURCE_EXHAUSTED at once. Connections cost a
     file descriptor each (shared with the HTTP side and the model files): beyond
     `max_connections` a new one is closed at once, and one with no call for
-    `idle_connection_s` is closed (its client reconnects when it next calls)."""
+    `idle_connection_s` is closed (its client reconnects when it next calls). The values
+    are the settings' (`SCORER_GRPC_MAX_CALLS`, `SCORER_MAX_CONNECTIONS`,
+    `SCORER_IDLE_CONNECTION_S`)."""
 
-    max_calls: int = 64
-    max_connections: int = 1000
-    idle_connection_s: int = 75
+    max_calls: int
+    max_connections: int
+    idle_connection_s: int
 
 
 class GrpcServer:
@@ -346,7 +348,7 @@ class GrpcServer:
 def create_server(
     scorer: Scorer,
     address: str,
-    limits: GrpcLimits = GrpcLimits(),
+    limits: GrpcLimits,
     keys: ApiKeys = NO_KEYS,
     tls: TlsSource | None = None,
 ) -> tuple[GrpcServer, int]:
