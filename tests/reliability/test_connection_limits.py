@@ -115,7 +115,7 @@ def test_connections_with_nothing_in_flight_are_closed_after_the_idle_time(
 def test_dockers_default_descriptor_limit_is_raised_at_start(
     start_scorer: Callable[..., ScorerProcess], demo_dir: Path
 ) -> None:
-    """Docker's is 1024 soft and 524288 hard; the hard one here is whatever this machine
+    """Docker Engine 29's is 1024 soft and 524288 hard; the hard one here is whatever this machine
     allows (it only has to be above what the scorer asks for)."""
     hard = min(524288, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu", nofile=(1024, hard))

@@ -13,7 +13,7 @@ NEEDED_FOR_1000 = 2 * 1000 + RESERVE
 @pytest.mark.parametrize(
     ("soft", "hard", "expected"),
     [
-        # Docker's default (moby#45534): the soft limit is raised, nothing is cut
+        # Docker Engine 29's default for containers: the soft limit is raised, nothing is cut
         (1024, 524288, DescriptorPlan(NEEDED_FOR_1000, 1000)),
         # already enough
         (1048576, 1048576, DescriptorPlan(None, 1000)),

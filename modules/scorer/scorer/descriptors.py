@@ -1,10 +1,11 @@
 """File descriptors for the front ends' connection limits, checked once at start.
 
 Each front end may hold `SCORER_MAX_CONNECTIONS` client connections, one descriptor each, in
-the one worker process. Docker starts containers with a soft limit of 1024 descriptors and a
-hard limit of 524288 (moby/moby#45534), which would run out under a flood long before the
-limits are reached; a process may raise its own soft limit up to the hard one, and the scorer
-does so at start. Where even the hard limit is too low, the connection limit is cut to fit.
+the one worker process. Docker Engine 29 (containerd 2.1.5) and later start containers with
+systemd's default of 1024 descriptors soft and 524288 hard (Docker's 29.0 release notes;
+earlier engines gave 1048576), which would run out under a flood long before the limits are
+reached; a process may raise its own soft limit up to the hard one, and the scorer does so at
+start. Where even the hard limit is too low, the connection limit is cut to fit.
 """
 
 from __future__ import annotations
