@@ -193,7 +193,8 @@ def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path, tmp_
     options = model_options(settings, tensorrt=True)
     assert options.yolo_resize is YoloResize.EXPORT and options.yolo_max_aspect == 2.5
     spec = inspect_export(demo_dir / "models" / "squares-yolo", options, tmp_path)
-    chosen = provider_options(settings, spec, ort.__version__)
+    gpu = [providers.TENSORRT, providers.CUDA, providers.CPU]
+    chosen = provider_options(settings, spec, ort.__version__, gpu)
     trt = chosen[providers.TENSORRT]
     assert trt["trt_profile_opt_shapes"] == f"{spec.input_name}:1x3x512x512"
     assert trt["trt_profile_min_shapes"] == f"{spec.input_name}:1x3x320x320"
@@ -206,8 +207,12 @@ def test_gpu_provider_options_for_a_yolo_export_on_tensorrt(demo_dir: Path, tmp_
         "gpu_mem_limit": 1536 * 1024 * 1024,
     }
     fixed = inspect_export(demo_dir / "models" / "colors", ModelOptions(), tmp_path)
-    fixed_trt = provider_options(settings, fixed, ort.__version__)[providers.TENSORRT]
+    fixed_trt = provider_options(settings, fixed, ort.__version__, gpu)[providers.TENSORRT]
     assert not any(key.startswith("trt_profile") for key in fixed_trt)
+    # no TensorRT chosen: no TensorRT options (nor an engine folder on a GPU machine)
+    assert provider_options(settings, spec, ort.__version__, [providers.CUDA]).keys() == {
+        providers.CUDA
+    }
 
 
 @pytest.mark.gpu

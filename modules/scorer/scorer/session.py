@@ -105,9 +105,8 @@ class LoadedModel:
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         on_gpu = self.providers[0] in providers.GPU_PREFERENCE
         prep = spec.preprocessing
-        every_size = input_sizes(prep, preparation.max_aspect)
         self.warm_sizes = (
-            every_size
+            input_sizes(prep, preparation.max_aspect)
             if preparation.warm_every_size.applies(on_gpu)
             else (prep.crop_size or prep.target_size,)
         )

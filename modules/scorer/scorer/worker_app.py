@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +87,28 @@ def scorer_config(settings: Settings, spec: ModelSpec, version: str | None = Non
 
 
 def provider_options(
-    settings: Settings, spec: ModelSpec, onnxruntime_version: str
+    settings: Settings, spec: ModelSpec, onnxruntime_version: str, chosen: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """The GPU providers' options for one model: TensorRT's engine cache in a folder keyed by
-    model, runtime and GPU, and its shape profile when the input takes several sizes."""
+    """The options of the chosen GPU providers for one model: CUDA's kernel search and arena;
+    TensorRT's engine cache in a folder keyed by model, runtime and GPU, and its shape profile
+    when the input takes several sizes."""
+    from . import providers
+
+    options: dict[str, dict[str, Any]] = {}
+    if providers.CUDA in chosen:
+        options[providers.CUDA] = providers.cuda_options(
+            providers.CudnnSearch(settings.cudnn_conv_algo_search),
+            settings.gpu_mem_limit_mb * 1024 * 1024,
+        )
+    if providers.TENSORRT in chosen:
+        options[providers.TENSORRT] = tensorrt_options(settings, spec, onnxruntime_version)
+    return options
+
+
+def tensorrt_options(
+    settings: Settings, spec: ModelSpec, onnxruntime_version: str
+) -> dict[str, Any]:
+    """TensorRT's options for one model; its engine folder is made here (on a GPU machine)."""
     from . import providers
 
     sizes = input_sizes(spec.preprocessing, settings.yolo_max_aspect)
@@ -98,10 +116,6 @@ def provider_options(
         tensorrt_profile(spec.input_name, sizes, spec.preprocessing.target_size)
         if len(sizes) > 1
         else None
-    )
-    cuda = providers.cuda_options(
-        providers.CudnnSearch(settings.cudnn_conv_algo_search),
-        settings.gpu_mem_limit_mb * 1024 * 1024,
     )
     folder: Path | None = None
     if providers.gpu_device_nodes():  # no GPU: nothing to cache
@@ -114,10 +128,7 @@ def provider_options(
         except OSError as error:
             # Without a cache TensorRT still runs; it rebuilds its engine at every start.
             log.warning("TensorRT engine cache not writable (%s): engines are not kept", error)
-    return {
-        providers.TENSORRT: providers.tensorrt_options(settings.trt_fp16, folder, profile),
-        providers.CUDA: cuda,
-    }
+    return providers.tensorrt_options(settings.trt_fp16, folder, profile)
 
 
 def forget_unused_derivations(
@@ -195,9 +206,9 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
     )
 
     def open_model(spec: ModelSpec) -> LoadedModel:
-        options = provider_options(settings, spec, onnxruntime.__version__)
-        folder = options[providers.TENSORRT].get("trt_engine_cache_path")
-        with EngineBuildProgress(folder if providers.TENSORRT in chosen else None):
+        options = provider_options(settings, spec, onnxruntime.__version__, chosen)
+        folder = options.get(providers.TENSORRT, {}).get("trt_engine_cache_path")
+        with EngineBuildProgress(folder):
             model = session.open_session(
                 spec, providers.with_options(chosen, options), level, threads, preparation
             )
