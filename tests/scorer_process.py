@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,10 @@ class ScorerProcess:
         self.grpc_port: int | None = None
         self._grpc_listening = threading.Event()
         self._listening = threading.Event()
+        if not env.get("SCORER_HEARTBEAT_PATH"):  # one each: tests run scorers side by side
+            folder = tempfile.mkdtemp(prefix="scorer-heartbeat-")
+            env = {**env, "SCORER_HEARTBEAT_PATH": os.path.join(folder, "heartbeat")}
+        self.env = env
         command = [sys.executable, "-m", "scorer"]
         if nofile is not None:
             command = [
@@ -114,6 +119,17 @@ class ScorerProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"scorer never became ready:\n{self.log}")
+
+    def health_check(self) -> subprocess.CompletedProcess[str]:
+        """The image's HEALTHCHECK command, run beside this scorer as Docker runs it (with
+        the port it serves on in its environment, as the image has)."""
+        return subprocess.run(
+            [sys.executable, "-m", "scorer.healthcheck"],
+            env={**self.env, "SCORER_HTTP_PORT": str(self.port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -142,9 +142,11 @@ def test_scorer_image_replayed_passes_its_healthcheck(
         "SCORER_HTTP_PORT": str(free_port()),
         "SCORER_GRPC_PORT": "0",
         "SCORER_HOST": "127.0.0.1",
+        "SCORER_HEARTBEAT_PATH": str(tmp_path / "heartbeat"),
         "HOME": str(tmp_path),
     }
     _replay(REPO / "modules" / "scorer" / name, SCORER_REPLAYS[name], env, tmp_path)
+    assert not (tmp_path / "heartbeat").exists()  # the worker took it away as it stopped
 
 
 def test_relay_image_replayed_passes_its_healthcheck(device, tmp_path: Path) -> None:

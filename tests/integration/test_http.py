@@ -7,6 +7,7 @@ import http.server
 import io
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -277,8 +278,28 @@ def test_readyz_is_503_until_warm_up_then_200(
     early = requests.get(server.url + "/readyz")
     assert early.status_code == 503 and early.json()["error"]["code"] == "NOT_READY"
     assert requests.get(server.url + "/healthz").status_code == 200
+    assert server.health_check().stderr == "unhealthy: loading\n"  # the image's check
     server.wait_ready()
     assert requests.get(server.url + "/readyz").json()["status"] == "ready"
+    deadline = time.monotonic() + 10  # the loop writes the change at its next turn
+    while (checked := server.health_check()).returncode != 0:
+        assert time.monotonic() < deadline, checked.stderr
+
+
+def test_a_heartbeat_that_cannot_be_written_leaves_the_scorer_serving(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the heartbeat's folder should be")
+    server = start_scorer(demo_dir / "models" / "colors", HEARTBEAT_PATH=str(blocked / "beat"))
+    red = (demo_dir / "images" / "red.jpg").read_bytes()
+    for _ in range(3):
+        scored = requests.post(
+            server.url + "/score", data=red, headers={"Content-Type": "image/jpeg"}
+        )
+        assert scored.json()["predictions"][0]["tagName"] == "red"
+    assert server.log.count("cannot write the heartbeat") == 1
+    assert server.health_check().stderr.startswith("unhealthy: no heartbeat")
 
 
 def test_beyond_the_in_flight_limit_answers_429_at_once(

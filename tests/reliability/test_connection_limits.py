@@ -91,6 +91,8 @@ def test_http_takes_no_connection_beyond_the_limit_until_one_closes(
         waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
         with pytest.raises(TimeoutError):
             waiting.recv(1)  # left in the listen queue, unread
+        checked = server.health_check()  # the image's health check does not queue behind it
+        assert checked.returncode == 0, checked.stderr
         held[0].close()
         waiting.settimeout(10)
         assert answer(waiting)[0] == 200

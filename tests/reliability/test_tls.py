@@ -111,6 +111,19 @@ def test_client_certificates_are_required_when_a_client_ca_is_set(
         process.stop()
 
 
+def test_the_image_health_check_passes_behind_tls_and_client_certificates(
+    demo_dir: Path, tmp_path: Path, certificates: dict[str, Path]
+) -> None:
+    process = start(
+        demo_dir, tmp_path, certificates, TLS_CLIENT_CA_FILE=str(certificates["client_ca"])
+    )
+    try:
+        checked = process.health_check()
+        assert checked.returncode == 0, checked.stderr
+    finally:
+        process.stop()
+
+
 def test_a_client_that_never_finishes_the_handshake_holds_nothing(
     tls_server: ScorerProcess,
 ) -> None:

@@ -1,21 +1,27 @@
-"""Container health check: exit 0 when the scorer answers `/readyz`. Standard library only."""
+"""Container health check: exit 0 when the worker's heartbeat is fresh and says `ready`.
+
+It reads the file the worker writes (`heartbeat.py` says why not `/readyz`). Standard
+library only, and no settings but the one it needs: it runs in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
+from pathlib import Path
+
+from .heartbeat import problem
+from .settings import PREFIX, Settings
 
 
 def main() -> int:
-    port = os.environ.get("SCORER_HTTP_PORT") or "8080"
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=4) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as error:
-        print(f"unhealthy: {error}", file=sys.stderr)
+    default = Settings.heartbeat_path
+    path = Path(os.environ.get(PREFIX + "HEARTBEAT_PATH") or default)
+    found = problem(path)
+    if found is not None:
+        print(f"unhealthy: {found}", file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -288,6 +288,11 @@ class Settings:
         str,
         "the relay's /metrics, shown on the page (under IoT Edge: http://relay:9601/metrics)",
     )
+    heartbeat_path: Path = _setting(
+        Path("/tmp/scorer-heartbeat"),
+        Path,
+        "file the worker writes every second with its state (the image's HEALTHCHECK reads it)",
+    )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
     @classmethod

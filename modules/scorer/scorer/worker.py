@@ -31,6 +31,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import Code, error_document
 from .exchange import Answer, Peer, call_app, keeps_alive, render, wsgi_environ
+from .heartbeat import Heartbeat, status_of
 from .http_errors import HTTP_STATUS, RETRY_LATER
 from .request_frame import Progress, RequestFrame, http_connection
 
@@ -129,6 +130,8 @@ class ScorerWorker(ThreadWorker):
         self.accept_paused_until = 0.0
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
+        self.heartbeat = Heartbeat(self.app.settings.heartbeat_path)
+        self.heartbeat.stop()  # a worker before this one may have left `ready` behind
         super().init_process()  # loads the app, then runs the loop
 
     def load_wsgi(self) -> None:
@@ -136,6 +139,14 @@ class ScorerWorker(ThreadWorker):
         metrics = self.app.scorer.metrics  # read when /metrics is scraped
         metrics.http_connections.set_function(lambda: self.nr_conns)
         metrics.http_receiving_bytes.set_function(lambda: self.held)
+
+    def notify(self) -> None:
+        """gunicorn's heartbeat to the arbiter, at every turn of the loop; ours, for the
+        image's health check, goes with it."""
+        super().notify()
+        scorer = self.app.scorer
+        if scorer is not None:
+            self.heartbeat.beat(status_of(scorer.ready, scorer.failure))
 
     # --- reading requests in the event loop ---------------------------------------------
 
@@ -393,6 +404,7 @@ class ScorerWorker(ThreadWorker):
 
     def run(self) -> None:
         super().run()
+        self.heartbeat.stop()
         stopped = getattr(self, "grpc_stopped", None)
         if stopped is not None:
             stopped.wait(self.cfg.graceful_timeout)
