@@ -29,10 +29,10 @@ sys.path[:0] = [str(REPO), str(REPO / "modules" / "scorer"), str(REPO / "scripts
 
 import make_demo_models  # noqa: E402
 import numpy as np  # noqa: E402
-from scorer import providers  # noqa: E402
 from scorer.model import inspect_export  # noqa: E402
 from scorer.session import LoadedModel  # noqa: E402
 from scorer.settings import Settings  # noqa: E402
+from scorer.vocabulary import CudnnSearch  # noqa: E402
 from scorer.worker_app import model_options, session_opener  # noqa: E402
 
 from bench import provider_choice  # noqa: E402
@@ -123,7 +123,7 @@ def bench_sizes(folder: Path, provider: str, runs: int, work: Path) -> None:
 def bench_cudnn_search(name: str, folder: Path, runs: int, work: Path) -> None:
     """What each cuDNN algorithm search costs at start and buys per run."""
     figures = []
-    for search in providers.CudnnSearch:
+    for search in CudnnSearch:
         started = time.perf_counter()
         model = opener("cuda", work / f"cudnn-{search.value}", CUDNN_CONV_ALGO_SEARCH=search.value)(
             folder

@@ -10,6 +10,7 @@ from PIL import Image
 from scorer import imaging
 from scorer.errors import Code, ScoringError
 from scorer.imaging import DecodeLimits, Preprocessing
+from scorer.vocabulary import CropMethod, PixelRange, ResizeMethod
 
 LIMITS = DecodeLimits(max_pixels=10_000_000, jpeg_draft=False)
 
@@ -84,18 +85,26 @@ def test_bgr_0_255_tensor() -> None:
 
 @pytest.mark.parametrize(
     ("pixel_range", "expected"),
-    [("NominalRange_0_255", 255.0), ("Normalized_0_1", 1.0), ("Normalized_1_1", 1.0)],
+    [
+        (PixelRange.NOMINAL_0_255, 255.0),
+        (PixelRange.NORMALIZED_0_1, 1.0),
+        (PixelRange.NORMALIZED_1_1, 1.0),
+    ],
 )
-def test_pixel_range(pixel_range: str, expected: float) -> None:
+def test_pixel_range(pixel_range: PixelRange, expected: float) -> None:
     prep = Preprocessing(target_size=(2, 2), pixel_range=pixel_range)
     tensor = imaging.to_tensor(Image.new("RGB", (2, 2), (255, 0, 0)), prep)
     assert tensor[0, 0, 0, 0] == pytest.approx(expected)
-    assert tensor[0, 1, 0, 0] == pytest.approx(-1.0 if pixel_range == "Normalized_1_1" else 0.0)
+    minimum = -1.0 if pixel_range is PixelRange.NORMALIZED_1_1 else 0.0
+    assert tensor[0, 1, 0, 0] == pytest.approx(minimum)
 
 
 def test_mean_and_std_normalisation() -> None:
     prep = Preprocessing(
-        target_size=(2, 2), pixel_range="Normalized_0_1", mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1)
+        target_size=(2, 2),
+        pixel_range=PixelRange.NORMALIZED_0_1,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.5, 1),
     )
     tensor = imaging.to_tensor(Image.new("RGB", (2, 2), (255, 255, 255)), prep)
     assert tensor[0, :, 0, 0].tolist() == pytest.approx([2.0, 1.0, 0.5])
@@ -109,8 +118,8 @@ def test_fp16_tensor() -> None:
 def test_by_shorter_side_then_centre_crop() -> None:
     prep = Preprocessing(
         target_size=(256, 256),
-        resize_method="ByShorterSide",
-        crop_method="OneCropCenter",
+        resize_method=ResizeMethod.BY_SHORTER_SIDE,
+        crop_method=CropMethod.CENTER,
         crop_size=(224, 224),
     )
     assert imaging.resized_size(640, 480, prep) == (341, 256)
@@ -141,21 +150,21 @@ def test_by_pixel_count_align32_is_the_export_scripts_arithmetic(
 ) -> None:
     """Expected sides worked out from the script shipped in YOLO exports: truncate
     `side * sqrt(512*512 / (w*h))`, then `32 * round(side / 32)`."""
-    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    prep = Preprocessing(target_size=(512, 512), resize_method=ResizeMethod.BY_PIXEL_COUNT)
     assert imaging.resized_size(*size, prep) == expected
 
 
 def test_by_pixel_count_align32_resamples_as_pillow_does_by_default() -> None:
     """The export's script calls `resize` without a filter: Pillow's default for RGB."""
     image = Image.effect_noise((300, 200), 60).convert("RGB")
-    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    prep = Preprocessing(target_size=(512, 512), resize_method=ResizeMethod.BY_PIXEL_COUNT)
     size = imaging.resized_size(300, 200, prep)
     expected = np.asarray(image.resize(size), np.float32).transpose(2, 0, 1)[None]
     assert np.array_equal(imaging.to_tensor(image, prep), expected)
 
 
 def test_by_pixel_count_align32_keeps_aspect_and_area() -> None:
-    prep = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+    prep = Preprocessing(target_size=(512, 512), resize_method=ResizeMethod.BY_PIXEL_COUNT)
     width, height = imaging.resized_size(1920, 1080, prep)
     assert width % 32 == 0 and height % 32 == 0
     assert width / height == pytest.approx(1920 / 1080, rel=0.05)

@@ -11,8 +11,9 @@ import pytest
 from scorer import imaging
 from scorer.imaging import Preprocessing
 from scorer.input_sizes import input_sizes, tensorrt_profile
+from scorer.vocabulary import CropMethod, ResizeMethod
 
-BY_PIXEL_COUNT = Preprocessing(target_size=(512, 512), resize_method="ByPixelCountAlign32")
+BY_PIXEL_COUNT = Preprocessing(target_size=(512, 512), resize_method=ResizeMethod.BY_PIXEL_COUNT)
 
 
 def random_images(max_aspect: float, count: int) -> list[tuple[int, int]]:
@@ -49,8 +50,8 @@ def test_an_export_of_one_input_size_has_that_size_only() -> None:
     assert input_sizes(Preprocessing(target_size=(224, 224)), 2.5) == ((224, 224),)
     cropped = Preprocessing(
         target_size=(256, 256),
-        resize_method="ByShorterSide",
-        crop_method="OneCropCenter",
+        resize_method=ResizeMethod.BY_SHORTER_SIDE,
+        crop_method=CropMethod.CENTER,
         crop_size=(224, 224),
     )
     assert input_sizes(cropped, 2.5) == ((224, 224),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scorer.core import Scorer
-from scorer.model import ModelError, ModelKind, ModelOptions, YoloResize, inspect_export
+from scorer.model import ModelError, ModelKind, ModelOptions, inspect_export
+from scorer.vocabulary import PixelFormat, PixelRange, ResizeMethod, YoloResize
 
 
 def _save(folder: Path, model: onnx.ModelProto, labels: list[str]) -> Path:
@@ -235,7 +237,7 @@ def test_a_yolo_export_is_sized_as_its_script_does_on_a_graph_with_free_height_a
     from a cached copy of the graph whose input height and width are symbolic."""
     folder = _save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"])
     spec = inspect_export(folder, cache_dir=tmp_path / "cache")
-    assert spec.preprocessing.resize_method == "ByPixelCountAlign32"
+    assert spec.preprocessing.resize_method is ResizeMethod.BY_PIXEL_COUNT
     assert spec.preprocessing.target_size == (512, 512)
     assert spec.input_shape == (1, 3, "height", "width")
     assert spec.onnx_path.parent == tmp_path / "cache"
@@ -247,7 +249,7 @@ def test_a_yolo_export_is_sized_as_its_script_does_on_a_graph_with_free_height_a
     again = inspect_export(folder, cache_dir=tmp_path / "cache")  # the copy is reused
     assert again.onnx_path == spec.onnx_path
     stretched = inspect_export(folder, ModelOptions(yolo_resize=YoloResize.STRETCH))
-    assert stretched.preprocessing.resize_method == "Stretch"
+    assert stretched.preprocessing.resize_method is ResizeMethod.STRETCH
     assert stretched.preprocessing.target_size == (64, 64)
     assert stretched.onnx_path == folder / "model.onnx" and stretched.input_shape[2:] == (64, 64)
 
@@ -284,6 +286,29 @@ def test_sidecar_metadata_and_manifest_file_names(demo_dir: Path, tmp_path: Path
 
 
 def test_operator_overrides_colour_order_and_range(demo_dir: Path) -> None:
-    options = ModelOptions(pixel_format="Bgr8", pixel_range="NominalRange_0_255")
+    options = ModelOptions(pixel_format=PixelFormat.BGR8, pixel_range=PixelRange.NOMINAL_0_255)
     spec = inspect_export(demo_dir / "models" / "colors", options)
     assert spec.preprocessing.bgr and spec.preprocessing.pixel_range == "NominalRange_0_255"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("CustomVision.Preprocess.ResizeMethod", "Fit"),
+        ("CustomVision.Preprocess.CropMethod", "TenCrop"),
+        ("Image.BitmapPixelFormat", "Gray8"),
+        ("Image.NominalPixelRange", "Normalized_0_255"),
+    ],
+)
+def test_a_metadata_value_outside_its_vocabulary_is_refused_by_name(
+    demo_dir: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    model = onnx.load(str(demo_dir / "models" / "colors" / "model.onnx"))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    for name, said in [*kept, (key, value)]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = name, said
+    folder = _save(tmp_path / "m", model, ["red", "green", "blue"])
+    with pytest.raises(ModelError, match=f"unsupported {re.escape(key)} '{value}'"):
+        inspect_export(folder)

@@ -14,16 +14,17 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 from scorer import imaging, providers
-from scorer.model import ModelOptions, YoloResize, inspect_export
-from scorer.session import Choice, LoadedModel, Preparation, open_session
+from scorer.model import ModelOptions, inspect_export
+from scorer.session import LoadedModel, Preparation, open_session
 from scorer.settings import Settings
+from scorer.vocabulary import CudnnSearch, Switch, YoloResize
 from scorer.worker_app import model_options, provider_options, session_opener
 
 from tests.conftest import cuda_works
 from tests.unit.test_model import _save, yolo_model, zipmap_model
 
 CPU_ONLY = ["CPUExecutionProvider"]
-BIND = Preparation(io_binding=Choice.ON)
+BIND = Preparation(io_binding=Switch.ON)
 
 
 class RecordedSession:
@@ -147,7 +148,7 @@ def test_warm_up_runs_every_size_and_a_size_beyond_them_is_said_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = inspect_export(_save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"]))
-    preparation = Preparation(warm_every_size=Choice.ON, max_aspect=1.8)
+    preparation = Preparation(warm_every_size=Switch.ON, max_aspect=1.8)
     session = RecordedSession(open_session(spec, CPU_ONLY).session)
     model = LoadedModel(spec, session, preparation)  # type: ignore[arg-type]
     model.warm_up()
@@ -221,8 +222,8 @@ def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
     demo_dir: Path,
 ) -> None:
     spec = inspect_export(demo_dir / "models" / "colors")
-    cuda = [(providers.CUDA, providers.cuda_options(providers.CudnnSearch.EXHAUSTIVE, 0))]
-    model = open_session(spec, cuda, preparation=Preparation(io_binding=Choice.AUTO))
+    cuda = [(providers.CUDA, providers.cuda_options(CudnnSearch.EXHAUSTIVE, 0))]
+    model = open_session(spec, cuda, preparation=Preparation(io_binding=Switch.AUTO))
     assert model.providers[0] == providers.CUDA and model.bound is not None
     assert model.bound.device == "cuda"
     on_cpu = open_session(spec, CPU_ONLY)
@@ -237,7 +238,7 @@ def test_cuda_io_binding_keeps_its_buffer_on_the_gpu_and_answers_as_the_cpu(
 @pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
 def test_sixteen_threads_on_cuda_buffers_keep_their_answers(demo_dir: Path) -> None:
     """`update_inplace` into device buffers from as many threads as a worker serves with."""
-    cuda = [(providers.CUDA, providers.cuda_options(providers.CudnnSearch.EXHAUSTIVE, 0))]
+    cuda = [(providers.CUDA, providers.cuda_options(CudnnSearch.EXHAUSTIVE, 0))]
     model = runs_keep_their_answers(demo_dir / "models" / "squares", cuda, 16)
     assert model.providers[0] == providers.CUDA
     assert model.bound is not None and model.bound.device == "cuda"

@@ -37,6 +37,26 @@ def test_values_are_parsed() -> None:
     assert settings.url_allowed_hosts == ("cams.local", "10.0.0.5")
 
 
+def test_closed_vocabularies_are_parsed_into_their_enums() -> None:
+    from scorer.vocabulary import CudnnSearch, NmsScope, PixelFormat, Switch
+
+    settings = Settings.from_env(
+        {
+            "SCORER_PIXEL_FORMAT": "Bgr8",
+            "SCORER_PIXEL_RANGE": "auto",
+            "SCORER_IO_BINDING": "on",
+            "SCORER_YOLO_NMS": "global",
+            "SCORER_CUDNN_CONV_ALGO_SEARCH": "HEURISTIC",
+        }
+    )
+    assert settings.pixel_format is PixelFormat.BGR8
+    assert settings.pixel_range is None  # auto: as the export says
+    assert settings.io_binding is Switch.ON
+    assert settings.yolo_nms is NmsScope.GLOBAL
+    assert settings.cudnn_conv_algo_search is CudnnSearch.HEURISTIC
+    assert Settings.from_env({}).pixel_range is Settings().pixel_range is None
+
+
 def test_empty_value_means_default() -> None:
     assert Settings.from_env({"SCORER_THREADS": ""}).threads == Settings().threads
 
@@ -56,7 +76,10 @@ def test_empty_value_means_default() -> None:
         ("SCORER_YOLO_MAX_ASPECT", "17", "from 1 to 16"),
         ("SCORER_CUDNN_CONV_ALGO_SEARCH", "fast", "EXHAUSTIVE"),
         ("SCORER_GPU_MEM_LIMIT_MB", "-1", "0 or more"),
-        ("SCORER_IO_BINDING", "yes", "auto"),
+        ("SCORER_IO_BINDING", "yes", "expected one of auto, on, off"),
+        ("SCORER_PIXEL_FORMAT", "bgr8", "expected one of auto, Rgb8, Bgr8"),
+        ("SCORER_YOLO_RESIZE", "auto,export", "expected one of auto, export, stretch"),
+        ("SCORER_TLS", "files", "expected one of auto, edge"),
         ("SCORER_MAX_CONNECTIONS", "0", "above 0"),
         ("SCORER_IDLE_CONNECTION_S", "1.5", "SCORER_IDLE_CONNECTION_S"),
     ],
@@ -108,11 +131,11 @@ def test_outside_iot_edge_the_azure_sdk_is_never_imported(
 def test_yolo_exports_are_sized_as_their_script_unless_the_sessions_run_on_tensorrt() -> None:
     """On TensorRT each new input shape builds an engine (minutes on a Jetson, past the
     inference time limit): `auto` keeps the one declared shape there."""
-    from scorer.model import YoloResize
+    from scorer.vocabulary import YoloResize
     from scorer.worker_app import model_options
 
     default = Settings.from_env({})
-    assert default.yolo_resize == "auto"
+    assert default.yolo_resize is None  # auto
     assert model_options(default).yolo_resize is YoloResize.EXPORT
     assert model_options(default, tensorrt=True).yolo_resize is YoloResize.STRETCH
     chosen = Settings.from_env({"SCORER_YOLO_RESIZE": "export"})

@@ -19,6 +19,7 @@ from .decode import LabelMismatch, Prediction
 from .errors import Code, ScoringError
 from .metrics import ScorerMetrics
 from .model import ModelSpec
+from .vocabulary import Binding
 
 if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
     from .session import LoadedModel
@@ -147,7 +148,7 @@ def warmed_up(model: LoadedModel, name: str) -> LoadedModel:
         len(model.warm_sizes),
         "" if len(model.warm_sizes) == 1 else "s",
         (time.perf_counter() - started) * 1000,
-        "off" if model.io_binding == "off" else f"on {model.io_binding}",
+        "off" if model.io_binding is Binding.OFF else f"on {model.io_binding.value}",
     )
     return model
 
@@ -288,7 +289,7 @@ class Scorer:
             "sha256": spec.sha256,
             "ready": self.ready,
             "warmInputSizes": len(served.model.warm_sizes) if served else 0,
-            "ioBinding": served.model.io_binding if served else "off",
+            "ioBinding": (served.model.io_binding if served else Binding.OFF).value,
         }
 
     def score(self, image: bytes, options: ScoreOptions = ScoreOptions()) -> Result:

@@ -14,11 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import Code, ScoringError
 from .heap import give_back_memory
+from .vocabulary import CropMethod, PixelRange, ResizeMethod
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP")
-RESIZE_METHODS = ("Stretch", "ByShorterSide", "ByPixelCountAlign32")
-CROP_METHODS = ("NoCrop", "OneCropCenter")
-PIXEL_RANGES = ("NominalRange_0_255", "Normalized_0_1", "Normalized_1_1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +24,11 @@ class Preprocessing:
     """How the model wants its pixels; built from the export's metadata by `model.py`."""
 
     target_size: tuple[int, int]  # (width, height)
-    resize_method: str = "Stretch"
-    crop_method: str = "NoCrop"
+    resize_method: ResizeMethod = ResizeMethod.STRETCH
+    crop_method: CropMethod = CropMethod.NONE
     crop_size: tuple[int, int] | None = None
     bgr: bool = False
-    pixel_range: str = "NominalRange_0_255"
+    pixel_range: PixelRange = PixelRange.NOMINAL_0_255
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     dtype: type = np.float32
@@ -43,7 +41,7 @@ class Preprocessing:
         """Bicubic for ByPixelCountAlign32: the script in YOLO exports calls Pillow's
         `resize` without a filter, which is bicubic for RGB; bilinear for the rest, as the
         classification references do."""
-        if self.resize_method == "ByPixelCountAlign32":
+        if self.resize_method is ResizeMethod.BY_PIXEL_COUNT:
             return Image.Resampling.BICUBIC
         return Image.Resampling.BILINEAR
 
@@ -168,9 +166,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def resized_size(width: float, height: float, prep: Preprocessing) -> tuple[int, int]:
     """The (width, height) the image is resized to before any crop."""
     target_w, target_h = prep.target_size
-    if prep.resize_method == "Stretch":
+    if prep.resize_method is ResizeMethod.STRETCH:
         return target_w, target_h
-    if prep.resize_method == "ByShorterSide":
+    if prep.resize_method is ResizeMethod.BY_SHORTER_SIDE:
         shorter = min(target_w, target_h)
         scale = shorter / min(width, height)
         return max(1, round(width * scale)), max(1, round(height * scale))
@@ -192,7 +190,7 @@ def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     size = resized_size(image.width, image.height, prep)
     if image.size != size:
         image = image.resize(size, prep.resampling)
-    if prep.crop_method == "OneCropCenter" and prep.crop_size:
+    if prep.crop_method is CropMethod.CENTER and prep.crop_size:
         crop_w, crop_h = prep.crop_size
         left = max(0, (image.width - crop_w) // 2)
         top = max(0, (image.height - crop_h) // 2)
@@ -200,9 +198,9 @@ def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if prep.bgr:
         pixels = pixels[:, :, ::-1]
-    if prep.pixel_range == "Normalized_0_1":
+    if prep.pixel_range is PixelRange.NORMALIZED_0_1:
         pixels = pixels / 255.0
-    elif prep.pixel_range == "Normalized_1_1":
+    elif prep.pixel_range is PixelRange.NORMALIZED_1_1:
         pixels = pixels / 127.5 - 1.0
     if prep.mean != (0.0, 0.0, 0.0) or prep.std != (1.0, 1.0, 1.0):
         pixels = (pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)

@@ -12,6 +12,7 @@ import functools
 import math
 
 from .imaging import Preprocessing, resized_size
+from .vocabulary import ResizeMethod
 
 # Images this many pixels on their short side are swept across the aspect range: fine enough
 # that every size the pixel-count arithmetic can produce in the range is met.
@@ -22,7 +23,7 @@ SWEEP_SIDE = 4096
 def input_sizes(prep: Preprocessing, max_aspect: float) -> tuple[tuple[int, int], ...]:
     """Every (width, height) the model's input takes for images up to `max_aspect`:1 either way,
     sorted; one size for exports that are not sized by pixel count."""
-    if prep.resize_method != "ByPixelCountAlign32" or prep.crop_size is not None:
+    if prep.resize_method is not ResizeMethod.BY_PIXEL_COUNT or prep.crop_size is not None:
         return (prep.crop_size or prep.target_size,)
     sizes: set[tuple[int, int]] = set()
     for long_side in range(SWEEP_SIDE, math.floor(SWEEP_SIDE * max_aspect) + 1):

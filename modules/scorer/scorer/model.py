@@ -23,6 +23,14 @@ from . import decode, rewrites, upgrade
 from .cache import cache_root
 from .errors import ModelError as ModelError  # where callers have always found it
 from .imaging import Preprocessing
+from .vocabulary import (
+    CropMethod,
+    PixelFormat,
+    PixelRange,
+    ResizeMethod,
+    VocabularyT,
+    YoloResize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +58,8 @@ class ModelKind(enum.Enum):
         return self.value[1]
 
 
-class YoloResize(str, enum.Enum):
-    """How a YOLO-head export's input is sized."""
-
-    EXPORT = "export"  # by its metadata, else ByPixelCountAlign32 at 512x512, like its script
-    STRETCH = "stretch"  # to the input size the graph declares (416x416), aspect not kept
-
-
 # What the script in Custom Vision's YOLO exports does when the metadata says nothing.
-YOLO_DEFAULT_RESIZE = "ByPixelCountAlign32"
+YOLO_DEFAULT_RESIZE = ResizeMethod.BY_PIXEL_COUNT
 YOLO_DEFAULT_TARGET = (512, 512)
 
 
@@ -66,8 +67,8 @@ YOLO_DEFAULT_TARGET = (512, 512)
 class ModelOptions:
     """Operator overrides for what exports leave open (see the models README)."""
 
-    pixel_format: str = "auto"
-    pixel_range: str = "auto"
+    pixel_format: PixelFormat | None = None  # None: as the export says
+    pixel_range: PixelRange | None = None
     yolo_sigmoid_xy: bool = True
     yolo_nms_per_class: bool = True
     yolo_max_detections: int = 20
@@ -99,7 +100,8 @@ class ModelSpec:
         return (
             f"{self.kind.task} model, {self.kind.description}, {len(self.labels)} labels,"
             f" input {self.input_name}{list(self.input_shape)} {np.dtype(prep.dtype).name},"
-            f" {'BGR' if prep.bgr else 'RGB'} {prep.pixel_range}, resize {prep.resize_method}"
+            f" {'BGR' if prep.bgr else 'RGB'} {prep.pixel_range.value},"
+            f" resize {prep.resize_method.value}"
             f" to {prep.target_size[0]}x{prep.target_size[1]}"
             + (f", crop {prep.crop_size[0]}x{prep.crop_size[1]}" if prep.crop_size else "")
             + (
@@ -263,15 +265,27 @@ def _check_label_count(
         )
 
 
-def _documented_format(image_input: onnx.ValueInfoProto) -> str | None:
+def _documented_format(image_input: onnx.ValueInfoProto) -> PixelFormat | None:
     """Colour order stated in the input's doc string, as the 2018 WinMLTools exports wrote it
     ("Image(s) in BGR format") when their metadata had no Image.BitmapPixelFormat."""
     doc = image_input.doc_string.upper()
     if "BGR FORMAT" in doc:
-        return "Bgr8"
+        return PixelFormat.BGR8
     if "RGB FORMAT" in doc:
-        return "Rgb8"
+        return PixelFormat.RGB8
     return None
+
+
+def _said(metadata: Mapping[str, str], key: str, default: VocabularyT, path: Path) -> VocabularyT:
+    """What the metadata says, in `default`'s vocabulary (`default` if it says nothing), or
+    the error that names the key."""
+    text = metadata.get(key)
+    if text is None:
+        return default
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ModelError(f"{path}: unsupported {key} {text!r}") from None
 
 
 def _floats(text: str, key: str, path: Path) -> tuple[float, ...]:
@@ -298,52 +312,45 @@ def _preprocessing(
     dtype: type,
     options: ModelOptions,
     path: Path,
-    input_doc_format: str | None = None,
+    input_doc_format: PixelFormat | None = None,
     kind: ModelKind | None = None,
 ) -> Preprocessing:
     fixed = isinstance(input_shape[2], int) and isinstance(input_shape[3], int)
     model_size = (int(input_shape[3]), int(input_shape[2])) if fixed else None
-    resize = metadata.get(_META + "ResizeMethod", "Stretch")
-    crop = metadata.get(_META + "CropMethod", "NoCrop")
+    yolo = kind is ModelKind.DETECTION_YOLO
+    # The script of a YOLO export sizes by pixel count whatever the graph declares; the
+    # graph's H and W are freed for it (`rewrites.free_image_dims`).
+    sized_as_its_script = yolo and options.yolo_resize is YoloResize.EXPORT
+    default_resize = YOLO_DEFAULT_RESIZE if sized_as_its_script else ResizeMethod.STRETCH
+    resize = _said(metadata, _META + "ResizeMethod", default_resize, path)
+    crop = _said(metadata, _META + "CropMethod", CropMethod.NONE, path)
     target = _size(metadata, _META + "Target", path)
     crop_size = _size(metadata, _META + "Crop", path)
-    if kind is ModelKind.DETECTION_YOLO:
-        if options.yolo_resize is YoloResize.EXPORT:
-            # The export's script sizes by pixel count whatever the graph declares; the
-            # graph's H and W are freed for it (`rewrites.free_image_dims`).
-            resize = metadata.get(_META + "ResizeMethod", YOLO_DEFAULT_RESIZE)
-            target = target or YOLO_DEFAULT_TARGET
-            if resize == YOLO_DEFAULT_RESIZE:
-                model_size = None
-        elif model_size is not None:
-            resize, target = "Stretch", model_size
-    if resize not in ("Stretch", "ByShorterSide", "ByPixelCountAlign32"):
-        raise ModelError(f"{path}: unknown ResizeMethod {resize!r}")
-    if crop not in ("NoCrop", "OneCropCenter"):
-        raise ModelError(f"{path}: unknown CropMethod {crop!r}")
-    if crop == "OneCropCenter":
+    if sized_as_its_script:
+        target = target or YOLO_DEFAULT_TARGET
+        if resize is YOLO_DEFAULT_RESIZE:
+            model_size = None
+    elif yolo and model_size is not None:
+        resize, target = ResizeMethod.STRETCH, model_size
+    if crop is CropMethod.CENTER:
         crop_size = model_size or crop_size
         target = target or crop_size
     else:
         crop_size = None
         if model_size is not None:
             # A fixed input takes exactly its size, whatever the resize method says.
-            resize, target = "Stretch", model_size
+            resize, target = ResizeMethod.STRETCH, model_size
     if target is None:
         raise ModelError(
             f"{path}: input size is dynamic {list(input_shape)} and the metadata gives no"
             f" {_META}TargetWidth/TargetHeight"
         )
-    pixel_format = options.pixel_format
-    if pixel_format == "auto":
-        pixel_format = metadata.get("Image.BitmapPixelFormat", input_doc_format or "Rgb8")
-    pixel_range = options.pixel_range
-    if pixel_range == "auto":
-        pixel_range = metadata.get("Image.NominalPixelRange", "NominalRange_0_255")
-    if pixel_format not in ("Rgb8", "Bgr8"):
-        raise ModelError(f"{path}: unsupported Image.BitmapPixelFormat {pixel_format!r}")
-    if pixel_range not in ("NominalRange_0_255", "Normalized_0_1", "Normalized_1_1"):
-        raise ModelError(f"{path}: unsupported Image.NominalPixelRange {pixel_range!r}")
+    pixel_format = options.pixel_format or _said(
+        metadata, "Image.BitmapPixelFormat", input_doc_format or PixelFormat.RGB8, path
+    )
+    pixel_range = options.pixel_range or _said(
+        metadata, "Image.NominalPixelRange", PixelRange.NOMINAL_0_255, path
+    )
     mean = _floats(metadata.get(_META + "NormalizeMean", "[0,0,0]"), "NormalizeMean", path)
     std = _floats(metadata.get(_META + "NormalizeStd", "[1,1,1]"), "NormalizeStd", path)
     if len(mean) != 3 or len(std) != 3 or 0.0 in std:
@@ -353,12 +360,12 @@ def _preprocessing(
         resize_method=resize,
         crop_method=crop,
         crop_size=crop_size,
-        bgr=pixel_format == "Bgr8",
+        bgr=pixel_format is PixelFormat.BGR8,
         pixel_range=pixel_range,
         mean=(mean[0], mean[1], mean[2]),
         std=(std[0], std[1], std[2]),
         dtype=dtype,
-        max_aspect=options.yolo_max_aspect if resize == YOLO_DEFAULT_RESIZE else None,
+        max_aspect=options.yolo_max_aspect if resize is YOLO_DEFAULT_RESIZE else None,
     )
 
 
@@ -436,7 +443,7 @@ def inspect_export(
     preprocessing = _preprocessing(
         metadata, shape, dtype, options, model_path, _documented_format(image_input), kind
     )
-    if preprocessing.resize_method == YOLO_DEFAULT_RESIZE and any(
+    if preprocessing.resize_method is YOLO_DEFAULT_RESIZE and any(
         isinstance(side, int) for side in shape[2:]
     ):
         onnx_path = _free_image_dims(model, image_input.name, sha256, directory, cache_dir)

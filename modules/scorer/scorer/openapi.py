@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import Code
 from .http_errors import HTTP_STATUS
+from .vocabulary import Binding
 
 # The routes of Custom Vision's exported container, so its clients only change the address.
 API_VERSION = "1.0.0"  # of this HTTP contract; raised when it changes
@@ -119,7 +120,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "ioBinding": {
                 "type": "string",
-                "enum": ["cuda", "cpu", "off"],
+                "enum": [binding.value for binding in Binding],
                 "description": "where fixed-size inputs are bound (SCORER_IO_BINDING)",
             },
         },

@@ -26,6 +26,8 @@ from typing import Any
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from .vocabulary import CudnnSearch
+
 log = logging.getLogger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
@@ -163,14 +165,6 @@ def provider_works(name: str) -> tuple[bool, str]:
         _LOAD_ERROR.findall(errors) or [line for line in errors.splitlines() if line.strip()][-1:]
     )
     return False, (reasons[0] if reasons else "it did not initialise (no GPU or drivers)")[:300]
-
-
-class CudnnSearch(str, enum.Enum):
-    """How the CUDA provider picks a convolution kernel for each new input shape."""
-
-    EXHAUSTIVE = "EXHAUSTIVE"  # tries them all: the fastest runs, the slowest first run
-    HEURISTIC = "HEURISTIC"  # cuDNN's guess
-    DEFAULT = "DEFAULT"  # one fixed kernel: the least workspace memory
 
 
 def tensorrt_options(

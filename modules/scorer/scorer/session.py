@@ -7,7 +7,6 @@ then forked aborts at exit in the child (std::system_error from ORT's static sta
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import queue
 from collections.abc import Sequence
@@ -19,19 +18,9 @@ import onnxruntime as ort
 from . import decode, providers
 from .input_sizes import input_sizes
 from .model import ModelError, ModelKind, ModelSpec
+from .vocabulary import Binding, Switch
 
 log = logging.getLogger(__name__)
-
-
-class Choice(str, enum.Enum):
-    """An operator's choice for a GPU feature: `auto` takes it on GPU providers only."""
-
-    AUTO = "auto"
-    ON = "on"
-    OFF = "off"
-
-    def applies(self, on_gpu: bool) -> bool:
-        return self is Choice.ON or (self is Choice.AUTO and on_gpu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +28,8 @@ class Preparation:
     """What the session prepares before it serves: IO binding for fixed-size inputs, and
     warm-up of every input size a pixel-count export sees (images up to `max_aspect`:1)."""
 
-    io_binding: Choice = Choice.OFF  # measured no faster on CUDA (docs/BENCHMARKS.md)
-    warm_every_size: Choice = Choice.AUTO
+    io_binding: Switch = Switch.OFF  # measured no faster on CUDA (docs/BENCHMARKS.md)
+    warm_every_size: Switch = Switch.AUTO  # `auto`: on GPU providers
     max_aspect: float = 2.5
 
 
@@ -50,7 +39,7 @@ class BoundRuns:
     free binding and gives it back, so there are as many as runs ever ran at once (the
     scorer's slots bound them), not one per serving thread."""
 
-    def __init__(self, session: ort.InferenceSession, spec: ModelSpec, device: str) -> None:
+    def __init__(self, session: ort.InferenceSession, spec: ModelSpec, device: Binding) -> None:
         self.session = session
         self.spec = spec
         self.device = device
@@ -75,7 +64,7 @@ class BoundRuns:
     def _bind(self, tensor: np.ndarray) -> tuple[ort.OrtValue, Any]:
         # A buffer of its own: from a numpy array, a CPU OrtValue would be that array's memory
         buffer = ort.OrtValue.ortvalue_from_shape_and_type(
-            tensor.shape, tensor.dtype, self.device, 0
+            tensor.shape, tensor.dtype, self.device.value, 0
         )
         buffer.update_inplace(tensor)
         binding = self.session.io_binding()
@@ -112,16 +101,16 @@ class LoadedModel:
         )
         self._sizes_run = set(self.warm_sizes)
         self.bound = (
-            BoundRuns(session, spec, "cuda" if on_gpu else "cpu")
+            BoundRuns(session, spec, Binding.CUDA if on_gpu else Binding.CPU)
             if preparation.io_binding.applies(on_gpu)
             and all(isinstance(side, int) for side in spec.input_shape[2:])
             else None
         )
 
     @property
-    def io_binding(self) -> str:
-        """Where fixed-size inputs are bound: the device ("cuda", "cpu"), or "off"."""
-        return self.bound.device if self.bound is not None else "off"
+    def io_binding(self) -> Binding:
+        """Where fixed-size inputs are bound: the device, or nowhere."""
+        return self.bound.device if self.bound is not None else Binding.OFF
 
     def run(self, tensor: np.ndarray) -> list[Any]:
         """Raw outputs, in `spec.output_names` order."""

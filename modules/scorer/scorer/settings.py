@@ -8,7 +8,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .vocabulary import (
+    CertificateSource,
+    CudnnSearch,
+    NmsScope,
+    PixelFormat,
+    PixelRange,
+    Switch,
+    VocabularyT,
+    YoloResize,
+)
+
 PREFIX = "SCORER_"
+AUTO = "auto"  # what an override setting says to leave the choice to the export
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -103,13 +115,21 @@ def _providers(text: str) -> tuple[str, ...]:
     return tuple(PROVIDER_NAMES[name] for name in names)
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return text
+def _word(vocabulary: type[VocabularyT], text: str, also: tuple[str, ...] = ()) -> VocabularyT:
+    try:
+        return vocabulary(text)
+    except ValueError:
+        words = [*also, *(word.value for word in vocabulary)]
+        raise ValueError(f"expected one of {', '.join(words)}") from None
 
-    return parse
+
+def _choice(vocabulary: type[VocabularyT]) -> Callable[[str], VocabularyT]:
+    return lambda text: _word(vocabulary, text)
+
+
+def _override(vocabulary: type[VocabularyT]) -> Callable[[str], VocabularyT | None]:
+    """A choice that may also be `auto`: None, which leaves it to the export."""
+    return lambda text: None if text == AUTO else _word(vocabulary, text, (AUTO,))
 
 
 def _hosts(text: str) -> tuple[str, ...]:
@@ -204,24 +224,24 @@ class Settings:
     )
     providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
-    cudnn_conv_algo_search: str = _setting(
-        "EXHAUSTIVE",
-        _choice("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+    cudnn_conv_algo_search: CudnnSearch = _setting(
+        CudnnSearch.EXHAUSTIVE,
+        _choice(CudnnSearch),
         "how CUDA picks convolution kernels: EXHAUSTIVE (fastest runs, slower start),"
         " HEURISTIC, DEFAULT (least memory)",
     )
     gpu_mem_limit_mb: int = _setting(
         0, _non_negative_int, "most memory the CUDA provider's arena may take (0: no limit)"
     )
-    io_binding: str = _setting(
-        "off",
-        _choice("auto", "on", "off"),
+    io_binding: Switch = _setting(
+        Switch.OFF,
+        _choice(Switch),
         "bind fixed-size inputs to buffers kept on the device, one per run at once (auto: on"
         " GPU; off by default: it measured no faster on CUDA, docs/BENCHMARKS.md)",
     )
-    warm_every_size: str = _setting(
-        "auto",
-        _choice("auto", "on", "off"),
+    warm_every_size: Switch = _setting(
+        Switch.AUTO,
+        _choice(Switch),
         "run every input size a YOLO export will see before ready (auto: on GPU providers)",
     )
     yolo_max_aspect: float = _setting(
@@ -238,27 +258,29 @@ class Settings:
     )
     default_threshold: float = _setting(0.0, _probability, "minimum probability returned")
     default_max_predictions: int = _setting(0, _non_negative_int, "0 means all")
-    pixel_format: str = _setting("auto", _choice("auto", "Rgb8", "Bgr8"), "override colour order")
-    pixel_range: str = _setting(
-        "auto",
-        _choice("auto", "NominalRange_0_255", "Normalized_0_1", "Normalized_1_1"),
-        "override value range",
+    pixel_format: PixelFormat | None = _setting(
+        None, _override(PixelFormat), "override colour order (auto: the export's)"
+    )
+    pixel_range: PixelRange | None = _setting(
+        None, _override(PixelRange), "override value range (auto: the export's)"
     )
     yolo_sigmoid_xy: bool = _setting(True, _bool, "sigmoid on tx, ty (YOLOv2)")
-    yolo_nms: str = _setting("per_class", _choice("per_class", "global"), "NMS scope")
+    yolo_nms: NmsScope = _setting(NmsScope.PER_CLASS, _choice(NmsScope), "NMS scope")
     yolo_max_detections: int = _setting(20, _positive_int, "boxes kept after NMS")
     yolo_prob_threshold: float = _setting(0.10, _probability, "probability kept before NMS")
-    yolo_resize: str = _setting(
-        "auto",
-        _choice("auto", "export", "stretch"),
+    yolo_resize: YoloResize | None = _setting(
+        None,
+        _override(YoloResize),
         "YOLO input: export (metadata, else ~512x512 aspect kept), stretch (declared size);"
         " auto: export, but stretch on TensorRT",
     )
     api_keys: tuple[str, ...] = _setting(
         (), _keys, "comma-separated API keys (empty: no key needed); several for rotation", True
     )
-    tls: str = _setting(
-        "auto", _choice("auto", "edge"), "edge: a certificate from IoT Edge (auto: the files)"
+    tls: CertificateSource = _setting(
+        CertificateSource.AUTO,
+        _choice(CertificateSource),
+        "edge: a certificate from IoT Edge (auto: the files)",
     )
     tls_common_name: str = _setting("", str, "name in the IoT Edge certificate (default: host)")
     tls_cert_file: Path | None = _setting(None, Path, "PEM certificate (chain): TLS on both ports")
@@ -275,8 +297,8 @@ class Settings:
     inference_timeout_s: float = _setting(
         60.0, _positive_float, "an inference running longer stops the scorer (IoT Edge restarts it)"
     )
-    edge: str = _setting(
-        "auto", _choice("auto", "on", "off"), "publish to IoT Edge (auto: if run by it)"
+    edge: Switch = _setting(
+        Switch.AUTO, _choice(Switch), "publish to IoT Edge (auto: if run by it)"
     )
     edge_output: str = _setting("results", str, "edgeHub output the results go to")
     edge_queue_size: int = _setting(1000, _positive_int, "results waiting for edgeHub before drops")
@@ -325,9 +347,9 @@ class Settings:
             raise SettingsError(
                 "SCORER_DECODE_BUDGET_BYTES must be at least SCORER_MAX_DECODE_BYTES"
             )
-        if settings.tls == "edge" and not run_by_iot_edge(environ):
+        if settings.tls is CertificateSource.EDGE and not run_by_iot_edge(environ):
             raise SettingsError("SCORER_TLS=edge needs the module environment IoT Edge gives")
-        if settings.tls == "edge" and settings.tls_cert_file:
+        if settings.tls is CertificateSource.EDGE and settings.tls_cert_file:
             raise SettingsError("SCORER_TLS=edge and SCORER_TLS_CERT_FILE exclude each other")
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise SettingsError("SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE go together")

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .vocabulary import CertificateSource
+
 log = logging.getLogger(__name__)
 
 RENEW_AT = 0.8  # of a certificate's lifetime
@@ -192,7 +194,7 @@ def _write_private(path: Path, text: str) -> None:
 def from_settings(settings: Any, environ: Mapping[str, str]) -> TlsSource | None:
     """The TLS in force for these settings; None: plain HTTP and gRPC. Under IoT Edge the
     first certificate is fetched here; `TlsSource.expires` says when to renew it."""
-    if settings.tls == "edge":
+    if settings.tls is CertificateSource.EDGE:
         folder = Path(tempfile.mkdtemp(prefix="scorer-tls-"))
         name = settings.tls_common_name or environ["IOTEDGE_GATEWAYHOSTNAME"]
         edge = EdgeCertificates(environ, name, folder)

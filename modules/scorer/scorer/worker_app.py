@@ -28,11 +28,12 @@ from .fetch import FetchPolicy
 from .http import create_app
 from .imaging import DecodeLimits
 from .input_sizes import input_sizes, tensorrt_profile
-from .model import ModelKind, ModelOptions, ModelSpec, YoloResize, inspect_export
+from .model import ModelKind, ModelOptions, ModelSpec, inspect_export
 from .model_download import DownloadLimits
 from .model_store import ModelStore
 from .settings import Settings, run_by_iot_edge
 from .tls import TlsSource
+from .vocabulary import NmsScope, YoloResize
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
@@ -43,14 +44,14 @@ if TYPE_CHECKING:  # onnxruntime is imported only after the fork; see session.py
 log = logging.getLogger("scorer")
 
 
-def yolo_resize(setting: str, tensorrt: bool) -> YoloResize:
+def yolo_resize(setting: YoloResize | None, tensorrt: bool) -> YoloResize:
     """`auto`: a YOLO export sized as its own script sizes it, except on TensorRT, whose
     engine is built for the input shapes it has seen: there each new camera shape would
     build another engine (minutes on a Jetson, longer than the inference time limit), so the
     export is stretched to the one size it declares."""
-    if setting == "auto":
+    if setting is None:
         return YoloResize.STRETCH if tensorrt else YoloResize.EXPORT
-    return YoloResize(setting)
+    return setting
 
 
 def model_options(settings: Settings, tensorrt: bool = False) -> ModelOptions:
@@ -59,7 +60,7 @@ def model_options(settings: Settings, tensorrt: bool = False) -> ModelOptions:
         pixel_format=settings.pixel_format,
         pixel_range=settings.pixel_range,
         yolo_sigmoid_xy=settings.yolo_sigmoid_xy,
-        yolo_nms_per_class=settings.yolo_nms == "per_class",
+        yolo_nms_per_class=settings.yolo_nms is NmsScope.PER_CLASS,
         yolo_max_detections=settings.yolo_max_detections,
         yolo_prob_threshold=settings.yolo_prob_threshold,
         yolo_resize=yolo_resize(settings.yolo_resize, tensorrt),
@@ -97,7 +98,7 @@ def provider_options(
     options: dict[str, dict[str, Any]] = {}
     if providers.CUDA in chosen:
         options[providers.CUDA] = providers.cuda_options(
-            providers.CudnnSearch(settings.cudnn_conv_algo_search),
+            settings.cudnn_conv_algo_search,
             settings.gpu_mem_limit_mb * 1024 * 1024,
         )
     if providers.TENSORRT in chosen:
@@ -195,9 +196,7 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
     level = logging.getLevelName(settings.log_level)
     threads = session.Threading(settings.ort_intra_threads, settings.ort_spinning)
     preparation = session.Preparation(
-        session.Choice(settings.io_binding),
-        session.Choice(settings.warm_every_size),
-        settings.yolo_max_aspect,
+        settings.io_binding, settings.warm_every_size, settings.yolo_max_aspect
     )
 
     # What each model still alive (served, in flight, being checked) derived in the cache.
@@ -241,7 +240,7 @@ def load_model(scorer: Scorer, settings: Settings, sessions: Sessions) -> None:
         yolo = scorer.spec.kind is ModelKind.DETECTION_YOLO
         if yolo and options != model_options(settings):
             scorer.spec = inspect_export(scorer.spec.directory, options, settings.cache_dir)
-            if settings.yolo_resize == "auto" and options.yolo_resize is YoloResize.STRETCH:
+            if settings.yolo_resize is None and options.yolo_resize is YoloResize.STRETCH:
                 log.info(
                     "on TensorRT a YOLO export takes its declared input size (one engine shape);"
                     " SCORER_YOLO_RESIZE=export sizes it as its script does"
@@ -312,7 +311,7 @@ def start_grpc(scorer: Scorer, settings: Settings, tls: TlsSource | None) -> Any
 
 def start_edge(scorer: Scorer, settings: Settings, updater: Any) -> Any:
     """Publish results to IoT Edge when run by it (or asked to); None otherwise."""
-    if settings.edge == "off" or (settings.edge == "auto" and not run_by_iot_edge()):
+    if not settings.edge.applies(run_by_iot_edge()):
         return None
     # Imported only here: outside IoT Edge the Azure SDK is not even loaded.
     from . import edge
