@@ -18,6 +18,7 @@ import onnxruntime as ort
 from . import decode, providers
 from .input_sizes import input_sizes
 from .model import ModelError, ModelKind, ModelSpec
+from .settings import Settings
 from .vocabulary import Binding, Switch
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Preparation:
     """What the session prepares before it serves: IO binding for fixed-size inputs, and
-    warm-up of every input size a pixel-count export sees (images up to `max_aspect`:1)."""
+    warm-up of every input size a pixel-count export sees (images up to `max_aspect`:1).
+    Unless told otherwise, what a scorer does with its default settings (tests and
+    benchmarks open sessions as it does)."""
 
-    io_binding: Switch = Switch.OFF  # measured no faster on CUDA (docs/BENCHMARKS.md)
-    warm_every_size: Switch = Switch.AUTO  # `auto`: on GPU providers
-    max_aspect: float = 2.5
+    io_binding: Switch = Settings.io_binding
+    warm_every_size: Switch = Settings.warm_every_size
+    max_aspect: float = Settings.yolo_max_aspect
 
 
 class BoundRuns:
