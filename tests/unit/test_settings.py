@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from scorer.settings import Settings, SettingsError
+from scorer.vocabulary import CudnnSearch, NmsScope, PixelFormat, Switch
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
@@ -28,20 +29,7 @@ def test_values_are_parsed() -> None:
             "SCORER_MODEL_DIR": "/models/x",
             "SCORER_URL_ENABLED": "yes",
             "SCORER_URL_ALLOWED_HOSTS": "Cams.Local, 10.0.0.5",
-        }
-    )
-    assert settings.http_port == 0
-    assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert settings.jpeg_draft is False
-    assert settings.model_dir == Path("/models/x")
-    assert settings.url_allowed_hosts == ("cams.local", "10.0.0.5")
-
-
-def test_closed_vocabularies_are_parsed_into_their_enums() -> None:
-    from scorer.vocabulary import CudnnSearch, NmsScope, PixelFormat, Switch
-
-    settings = Settings.from_env(
-        {
+            # closed vocabularies, into their enums
             "SCORER_PIXEL_FORMAT": "Bgr8",
             "SCORER_PIXEL_RANGE": "auto",
             "SCORER_IO_BINDING": "on",
@@ -49,6 +37,11 @@ def test_closed_vocabularies_are_parsed_into_their_enums() -> None:
             "SCORER_CUDNN_CONV_ALGO_SEARCH": "HEURISTIC",
         }
     )
+    assert settings.http_port == 0
+    assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert settings.jpeg_draft is False
+    assert settings.model_dir == Path("/models/x")
+    assert settings.url_allowed_hosts == ("cams.local", "10.0.0.5")
     assert settings.pixel_format is PixelFormat.BGR8
     assert settings.pixel_range is None  # auto: as the export says
     assert settings.io_binding is Switch.ON
