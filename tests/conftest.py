@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -148,3 +150,34 @@ def slow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx.save(model, str(folder / "model.onnx"))
     (folder / "labels.txt").write_text("a\nb\n")
     return folder
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own, so the test can fill it without filling the machine."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(volume: Path) -> Path:
+    """Write a ballast file until the volume refuses more; the file, to free it later."""
+    ballast = volume / "ballast"
+    with ballast.open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    return ballast

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import random
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import fill
 from tests.edge.conftest import EdgeDevice
 from tests.edge.harness import wait_for
 from tests.edge.test_relay_edge import relay_settings, result
@@ -101,37 +97,6 @@ def test_alerts_arrive_and_summaries_account_for_every_result(device: EdgeDevice
         for label in ("alarm", "normal")
     }
     assert per_label == {"alarm": labels.count("alarm"), "normal": labels.count("normal")}
-
-
-@pytest.fixture
-def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs of its own, so the test can fill it without filling the machine."""
-    folder = tmp_path / "volume"
-    folder.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def fill(volume: Path) -> Path:
-    """Write a ballast file until the volume refuses more; the file, to free it later."""
-    ballast = volume / "ballast"
-    with ballast.open("wb", buffering=0) as file:
-        try:
-            while True:
-                file.write(b"\0" * 4096)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC, error
-    return ballast
 
 
 def test_full_volume_withholds_acknowledgement_starts_and_resumes_when_space_returns(

@@ -254,6 +254,29 @@ def test_a_yolo_export_is_sized_as_its_script_does_on_a_graph_with_free_height_a
     assert stretched.onnx_path == folder / "model.onnx" and stretched.input_shape[2:] == (64, 64)
 
 
+def test_a_graph_the_cache_cannot_take_is_served_from_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache that refuses the write (here a file where its folder should be; a full or
+    read-only volume in the field) must not stop the scorer: the derived graph is kept in
+    memory and served, and the next start tries the cache again."""
+    from scorer.session import open_session
+
+    folder = _save(tmp_path / "m", yolo_model(["x", "y"]), ["x", "y"])
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache should be")
+    with caplog.at_level("WARNING", logger="scorer.rewrites"):
+        spec = inspect_export(folder, cache_dir=blocked / "cache")
+    assert "serving that graph from memory" in caplog.text
+    assert spec.graph is not None and not spec.onnx_path.exists()
+    assert spec.input_shape == (1, 3, "height", "width")
+    cached = inspect_export(folder, cache_dir=tmp_path / "cache")
+    tensor = np.random.default_rng(0).random((1, 3, 416, 640), dtype=np.float32)
+    (from_memory,) = open_session(spec, ["CPUExecutionProvider"]).run(tensor)
+    (from_cache,) = open_session(cached, ["CPUExecutionProvider"]).run(tensor)
+    assert np.array_equal(from_memory, from_cache)
+
+
 def test_a_yolo_export_runs_a_3_by_2_photo_at_the_scripts_size(tmp_path: Path) -> None:
     from PIL import Image
     from scorer import imaging

@@ -94,6 +94,9 @@ class ModelSpec:
     yolo: decode.YoloOptions | None
     metadata: Mapping[str, str]
     upgraded: bool
+    # The graph to serve, when it was derived (upgraded, rewritten) and the cache could not
+    # keep it: ONNX Runtime opens it from memory instead of `onnx_path`.
+    graph: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         prep = self.preprocessing
@@ -391,13 +394,10 @@ def _yolo_options(
 
 def _free_image_dims(
     model: onnx.ModelProto, input_name: str, sha256: str, directory: Path, cache_dir: Path | None
-) -> Path:
-    """The cached copy of the graph with a free image height and width."""
+) -> rewrites.Derived:
+    """The copy of the graph with a free image height and width (cached)."""
     target = cache_root(directory, cache_dir) / f"free-dims-{sha256[:16]}.onnx"
-    try:
-        return rewrites.cached(target, lambda: rewrites.free_image_dims(model, input_name))
-    except OSError as error:
-        raise ModelError(f"{target}: cannot write the free-size graph ({error})") from None
+    return rewrites.cached(target, lambda: rewrites.free_image_dims(model, input_name))
 
 
 def inspect_export(
@@ -412,15 +412,18 @@ def inspect_export(
         raise ModelError(f"{model_path}: not an ONNX model ({error})") from None
     sha256 = file_sha256(model_path)
     metadata = _metadata(model, directory)
-    onnx_path, upgraded = model_path, False
+    source, upgraded = rewrites.Derived(model_path), False
     if upgrade.needs_upgrade(model):
         try:
-            onnx_path = upgrade.cached_upgrade(model_path, sha256, cache_root(directory, cache_dir))
+            source = upgrade.cached_upgrade(model_path, sha256, cache_root(directory, cache_dir))
         except ValueError as error:
             raise ModelError(f"{model_path}: legacy export cannot be upgraded ({error})") from None
-        except OSError as error:
-            raise ModelError(f"{model_path}: cannot write the upgraded copy ({error})") from None
-        model, upgraded = onnx.load(str(onnx_path)), True
+        upgraded = True
+        model = (
+            onnx.load(str(source.path))
+            if source.graph is None
+            else onnx.load_from_string(source.graph)
+        )
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -446,11 +449,11 @@ def inspect_export(
     if preprocessing.resize_method is YOLO_DEFAULT_RESIZE and any(
         isinstance(side, int) for side in shape[2:]
     ):
-        onnx_path = _free_image_dims(model, image_input.name, sha256, directory, cache_dir)
+        source = _free_image_dims(model, image_input.name, sha256, directory, cache_dir)
         shape = (*shape[:2], "height", "width")
     return ModelSpec(
         directory=directory,
-        onnx_path=onnx_path,
+        onnx_path=source.path,
         sha256=sha256,
         labels=labels,
         kind=kind,
@@ -461,4 +464,5 @@ def inspect_export(
         yolo=yolo,
         metadata=metadata,
         upgraded=upgraded,
+        graph=source.graph,
     )

@@ -3,6 +3,7 @@ into the cache under a name that carries the source's content hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -14,17 +15,48 @@ import onnx
 log = logging.getLogger(__name__)
 
 
-def cached(target: Path, make: Callable[[], onnx.ModelProto]) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """A graph derived from an export: in the cache, or, when the cache could not take it
+    (a full or read-only volume), only in memory, so the scorer serves all the same."""
+
+    path: Path  # where it is cached, or would have been
+    graph: bytes | None = None  # the serialized graph, when it is not in the cache
+
+
+def cached(target: Path, make: Callable[[], onnx.ModelProto]) -> Derived:
     """`target`, written from `make()` unless it exists; atomic, so a crash never leaves
-    half a model behind for the next start to trust."""
+    half a model behind for the next start to trust. A cache that cannot take it (full,
+    read-only) keeps nothing of a failed write, and the graph is served from memory; a
+    later start writes it once there is room."""
     if target.exists():
-        return target
-    model = make()
+        return Derived(target)
+    graph = make().SerializeToString()
+    try:
+        _write_atomically(target, graph)
+    except OSError as error:
+        log.warning(
+            "cannot write %s (%s): serving that graph from memory (%.1f MB) until a start"
+            " finds room in the cache",
+            target,
+            error.strerror or error,
+            len(graph) / 1e6,
+        )
+        return Derived(target, graph)
+    return Derived(target)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(model.SerializeToString())
-    os.replace(handle.name, target)
-    return target
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False)  # noqa: SIM115
+    partial = Path(handle.name)
+    try:
+        with handle:
+            handle.write(data)
+        os.replace(partial, target)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a full volume keeps none of a failed write
+        raise
 
 
 def free_image_dims(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:

@@ -188,7 +188,8 @@ def open_session(
         "session.intra_op.allow_spinning", "1" if threads.spinning else "0"
     )
     try:
-        session = ort.InferenceSession(str(spec.onnx_path), options, providers=provider_list)
+        source = spec.graph if spec.graph is not None else str(spec.onnx_path)
+        session = ort.InferenceSession(source, options, providers=provider_list)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"{spec.onnx_path}: ONNX Runtime cannot load it ({error})") from None
     return LoadedModel(spec, session, preparation)

@@ -258,8 +258,8 @@ def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     return upgraded
 
 
-def cached_upgrade(source: Path, digest: str, cache_dir: Path) -> Path:
-    """Path of the upgraded copy of `source`, converting it once per content hash."""
+def cached_upgrade(source: Path, digest: str, cache_dir: Path) -> rewrites.Derived:
+    """The upgraded copy of `source`, converted once per content hash."""
     target = cache_dir / f"upgraded-{digest[:16]}-opset{TARGET_OPSET}.onnx"
     if not target.exists():
         log.info("upgrading legacy opset-1 export %s into %s", source, target)
