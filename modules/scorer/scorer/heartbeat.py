@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from .atomic import write_atomically
+
 log = logging.getLogger("scorer.heartbeat")
 
 BEAT_INTERVAL_S = 1.0
@@ -56,9 +58,7 @@ class Heartbeat:
             if status == self.written:
                 os.utime(self.path)
             else:
-                partial = self.path.with_name(self.path.name + ".partial")
-                partial.write_text(status + "\n")
-                partial.replace(self.path)  # the check never reads half a status
+                write_atomically(self.path, (status + "\n").encode())  # never half a status
                 self.written = status
         except OSError as error:
             self.written = None  # write it whole once the disk takes it again

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_atomically
 from .cache import cache_root
 
 if TYPE_CHECKING:
@@ -120,14 +121,7 @@ class ModelStore:
 
     def _write(self, name: str, data: dict[str, str | None]) -> None:
         """Replace the file `name` atomically: a power cut leaves the old one or the new."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.root, prefix=".write-", delete=False
-        ) as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, self.root / name)
+        write_atomically(self.root / name, json.dumps(data).encode(), durable=True)
 
     def failure(self) -> Failure | None:
         """The request that failed for good last, or None (an unreadable record is none)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+
+from .atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def cached(target: Path, make: Callable[[], onnx.ModelProto]) -> Derived:
         return Derived(target)
     graph = make().SerializeToString()
     try:
-        _write_atomically(target, graph)
+        write_atomically(target, graph)
     except OSError as error:
         log.warning(
             "cannot write %s (%s): serving that graph from memory (%.1f MB) until a start"
@@ -44,19 +44,6 @@ def cached(target: Path, make: Callable[[], onnx.ModelProto]) -> Derived:
         )
         return Derived(target, graph)
     return Derived(target)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False)  # noqa: SIM115
-    partial = Path(handle.name)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(partial, target)
-    except OSError:
-        partial.unlink(missing_ok=True)  # a full volume keeps none of a failed write
-        raise
 
 
 def free_image_dims(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
