@@ -20,6 +20,7 @@ def test_the_file_is_replaced_whole(tmp_path: Path, durable: bool) -> None:
     write_atomically(target, b"second", durable)
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["pointer.json"]
+    assert target.stat().st_mode & 0o777 == 0o600  # keys and certificates go this way too
 
 
 def test_a_write_the_volume_refuses_leaves_the_old_file_and_nothing_else(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 
 def write_atomically(target: Path, data: bytes, durable: bool = False) -> None:
-    """Replace `target` with `data`; `durable`: on disk before it replaces the old file (for
-    what a power cut must not lose), not only in the page cache."""
+    """Replace `target` with `data`, readable and writable by this user only (0600, as
+    `mkstemp` makes files); `durable`: on disk before it replaces the old file (for what a
+    power cut must not lose), not only in the page cache."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, removed on failure
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False

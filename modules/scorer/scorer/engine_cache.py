@@ -13,10 +13,10 @@ import glob
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def engine_folder(root: Path, key: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     described = folder / "key.json"
     if not described.exists():
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
-            json.dump(key, handle, indent=2)
-        os.replace(handle.name, described)
+        write_atomically(described, json.dumps(key, indent=2).encode())
     return folder
 
 

@@ -14,7 +14,6 @@ import datetime
 import http.client
 import json
 import logging
-import os
 import socket
 import ssl
 import tempfile
@@ -24,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
 from .vocabulary import CertificateSource
 
 log = logging.getLogger(__name__)
@@ -179,16 +179,10 @@ class EdgeCertificates:
         if response.status not in (200, 201):
             raise OSError(f"workload API answered {response.status}: {answer[:200]!r}")
         document = json.loads(answer)
-        _write_private(self.files.key, document["privateKey"]["bytes"])
-        _write_private(self.files.cert, document["certificate"])
+        # Only this user reads them (write_atomically's files are 0600, as mkstemp makes them)
+        write_atomically(self.files.key, document["privateKey"]["bytes"].encode())
+        write_atomically(self.files.cert, document["certificate"].encode())
         return datetime.datetime.fromisoformat(document["expiration"].replace("Z", "+00:00"))
-
-
-def _write_private(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)  # mkstemp made it 0600: only this user reads the key
 
 
 def from_settings(settings: Any, environ: Mapping[str, str]) -> TlsSource | None:
