@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from scorer import engine_cache
+from scorer.errors import ModelError
 
 
 def key(**changes: str) -> dict[str, str]:
@@ -101,3 +102,67 @@ def test_a_restart_reuses_the_engine_it_built(
     with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
         time.sleep(0.05)
     assert [r.getMessage() for r in caplog.records] == [f"reusing the TensorRT engine in {folder}"]
+
+
+# How ONNX Runtime's TensorRT provider refuses a truncated engine, as the scorer sees it
+# (its session.open_session wraps ONNX Runtime's error in a ModelError).
+UNREADABLE = (
+    "/cache/m.onnx: ONNX Runtime cannot load it ([ONNXRuntimeError] : 1 : FAIL : TensorRT EP"
+    " could not deserialize engine from cache: /cache/tensorrt/x/TensorrtExecutionProvider_"
+    "TRTKernel_graph_main_1_0_0_fp16_sm87.engine)"
+)
+
+
+def engine_folder_with_a_build(tmp_path: Path) -> Path:
+    folder = engine_cache.engine_folder(tmp_path, key())
+    for name in ("graph_1_sm87.engine", "graph_1_sm87.profile", "cache_sm87.timing"):
+        (folder / name).write_bytes(b"cut short")
+    return folder
+
+
+def test_discarding_engines_keeps_only_the_key(tmp_path: Path) -> None:
+    folder = engine_folder_with_a_build(tmp_path)
+    removed = engine_cache.discard_engines(folder)
+    assert removed == ["cache_sm87.timing", "graph_1_sm87.engine", "graph_1_sm87.profile"]
+    assert [path.name for path in folder.iterdir()] == ["key.json"]
+
+
+def test_an_engine_onnx_runtime_cannot_read_is_discarded_and_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = engine_folder_with_a_build(tmp_path)
+    attempts: list[bool] = []
+
+    def open_session() -> str:
+        attempts.append(engine_cache.has_engine(folder))
+        if len(attempts) == 1:
+            raise ModelError(UNREADABLE)
+        return "a session"
+
+    with caplog.at_level(logging.WARNING, logger="scorer.engine_cache"):
+        assert engine_cache.opened_past_a_broken_engine(open_session, folder) == "a session"
+    assert attempts == [True, False]  # the second try found no engine to read
+    assert "cannot be read (a write cut short?)" in caplog.text
+
+
+def test_other_failures_and_a_second_failure_are_not_retried_for_ever(tmp_path: Path) -> None:
+    folder = engine_folder_with_a_build(tmp_path)
+
+    def unrelated() -> str:
+        raise ModelError("/cache/m.onnx: ONNX Runtime cannot load it (out of memory)")
+
+    with pytest.raises(ModelError, match="out of memory"):
+        engine_cache.opened_past_a_broken_engine(unrelated, folder)
+    assert engine_cache.has_engine(folder)  # nothing discarded for another failure
+    calls = []
+
+    def always_unreadable() -> str:
+        calls.append(1)
+        raise ModelError(UNREADABLE)
+
+    with pytest.raises(ModelError, match="could not deserialize"):
+        engine_cache.opened_past_a_broken_engine(always_unreadable, folder)
+    assert len(calls) == 2
+    with pytest.raises(ModelError, match="could not deserialize"):  # no cache: nothing to clear
+        engine_cache.opened_past_a_broken_engine(always_unreadable, None)
+    assert len(calls) == 3

@@ -276,3 +276,26 @@ def test_tensorrt_serves_every_yolo_size_from_one_profile(demo_dir: Path, tmp_pa
     for picture in [Image.new("RGB", (6000, 1000)), Image.new("RGB", (1000, 6000))]:
         grid = model.run(imaging.to_tensor(picture, spec.preprocessing))[0]
         assert grid.ndim == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_works(), reason="needs a CUDA GPU with onnxruntime-gpu")
+def test_a_truncated_tensorrt_engine_is_built_again_instead_of_failing_every_start(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """A power cut or a full volume while ONNX Runtime writes an engine leaves it truncated."""
+    works, why = providers.provider_works(providers.TENSORRT)
+    if not works:
+        pytest.skip(f"TensorRT does not initialise here: {why}")
+    settings = Settings.from_env({"SCORER_CACHE_DIR": str(tmp_path)})
+    spec = inspect_export(demo_dir / "models" / "colors", model_options(settings, True))
+    opener = session_opener(settings, [providers.TENSORRT, "CPUExecutionProvider"])
+    first = opener(spec)
+    assert first.providers[0] == providers.TENSORRT
+    engines = list((tmp_path / "tensorrt").glob("*/*.engine"))
+    assert engines, "TensorRT kept no engine"
+    for engine in engines:
+        engine.write_bytes(engine.read_bytes()[:64])
+    again = opener(spec)
+    assert again.providers[0] == providers.TENSORRT
+    assert all(engine.stat().st_size > 64 for engine in engines)

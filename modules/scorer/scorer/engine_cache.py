@@ -13,12 +13,19 @@ import glob
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from .atomic import write_atomically
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEY_FILE = "key.json"
+# ONNX Runtime's words when an engine in the cache cannot be deserialized (its TensorRT
+# provider, tensorrt_execution_provider.cc); the session is then not created.
+UNREADABLE_ENGINE = "TensorRT EP could not deserialize engine from cache"
 
 TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
 # Jetson: the board and the L4T release; discrete GPUs: the model and the driver.
@@ -83,7 +90,7 @@ def engine_folder(root: Path, key: dict[str, str]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / "tensorrt" / f"{key['model'][:12]}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
-    described = folder / "key.json"
+    described = folder / KEY_FILE
     if not described.exists():
         write_atomically(described, json.dumps(key, indent=2).encode())
     return folder
@@ -92,3 +99,38 @@ def engine_folder(root: Path, key: dict[str, str]) -> Path:
 def has_engine(folder: Path) -> bool:
     """Whether an earlier start left a built engine here."""
     return any(folder.glob("*.engine"))
+
+
+def discard_engines(folder: Path) -> list[str]:
+    """Remove what TensorRT wrote in `folder` (engines, their profiles, the timing cache),
+    keeping the key; the names removed."""
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if path.name != KEY_FILE and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def opened_past_a_broken_engine(open_session: Callable[[], T], folder: Path | None) -> T:
+    """`open_session()`, once more on an emptied engine folder when ONNX Runtime cannot read
+    the engine cached there.
+
+    ONNX Runtime writes an engine straight to its final name, so a write cut short (power
+    lost during a minutes-long build on a Jetson, a full volume) leaves a truncated engine,
+    and every later start failed on it: a module restarted by IoT Edge for good, with no one
+    at the device to clear the cache. The engine is built again instead (minutes, once).
+    """
+    try:
+        return open_session()
+    except Exception as error:
+        if folder is None or UNREADABLE_ENGINE not in str(error):
+            raise
+        removed = discard_engines(folder)
+        log.warning(
+            "the TensorRT engine cached in %s cannot be read (a write cut short?): removed %s;"
+            " building it again",
+            folder,
+            ", ".join(removed) or "nothing",
+        )
+    return open_session()

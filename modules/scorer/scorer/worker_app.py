@@ -208,8 +208,11 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
         options = provider_options(settings, spec, onnxruntime.__version__, chosen)
         folder = options.get(providers.TENSORRT, {}).get("trt_engine_cache_path")
         with EngineBuildProgress(folder):
-            model = session.open_session(
-                spec, providers.with_options(chosen, options), level, threads, preparation
+            model = engine_cache.opened_past_a_broken_engine(
+                lambda: session.open_session(
+                    spec, providers.with_options(chosen, options), level, threads, preparation
+                ),
+                Path(folder) if folder else None,
             )
         derived[model] = (spec.onnx_path, Path(folder) if folder else None)
         forget_unused_derivations(settings, spec, list(derived.values()))
