@@ -102,6 +102,7 @@ class RelayModule:
             "rejected": int(counters.get(Counter.REJECTED, 0)),
             "alertsSuppressed": int(counters.get(Counter.ALERTS_SUPPRESSED, 0)),
             "expiredResults": int(counters.get(Counter.EXPIRED_RESULTS, 0)),
+            "spoolsSetAside": int(counters.get(Counter.SPOOLS_SET_ASIDE, 0)),
             "forwarderErrors": self.forwarder.errors,
             "deliveryStalledSeconds": round(self.forwarder.stalled_s(), 1),
             "lastError": state.last_error or None,

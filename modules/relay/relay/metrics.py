@@ -35,6 +35,11 @@ METRICS = {
     "alerts": ("relay_alerts_total", "counter", "Alert messages spooled"),
     "duplicates": ("relay_duplicate_results_total", "counter", "Redelivered results skipped"),
     "rejected": ("relay_rejected_inputs_total", "counter", "Inputs dead-lettered (and why)"),
+    "spoolsSetAside": (
+        "relay_spools_set_aside_total",
+        "counter",
+        "Corrupt spool files set aside for an empty one (their messages not sent)",
+    ),
 }
 
 

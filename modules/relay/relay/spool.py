@@ -4,6 +4,11 @@ SQLite in WAL mode with `synchronous=FULL`: a transaction that returned is on di
 `kill -9` or a power cut. Each incoming result is handled in one transaction (mark it seen,
 fold it into the window, spool what it sends), so after a crash a result is either fully
 accounted for or not at all, and a redelivered duplicate is recognised and skipped.
+
+Storage that lies about what it wrote (SD cards and eMMC under power cuts do) can still leave
+a file SQLite calls corrupt. Such a spool is set aside whole (`relay.db.corrupt`, the last one
+only, for an offline `.recover`) and the relay starts on an empty one, counting it: a spool
+that failed every start would stop every result from then on, with no one at the device.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ DEAD_LETTERS_KEPT = 1000  # the newest; the count of all is the `rejected` count
 WAL_BYTES = 4 * 1024 * 1024  # the write-ahead log is checkpointed and cut back to this
 MIN_SPOOL_BYTES = 2 * WAL_BYTES  # room for the log, the tables' own pages and some messages
 EXCERPT_BYTES = 512
+# SQLite's own verdicts on a file that is not (or no longer) a sound database: the primary
+# codes SQLITE_CORRUPT and SQLITE_NOTADB (sqlite3.h); Python gives them from 3.11 on.
+CORRUPT_CODES = (11, 26)
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class Counter(str, enum.Enum):
@@ -71,6 +80,7 @@ class Counter(str, enum.Enum):
     DROPPED_RESULTS = "dropped_results"
     DROPPED_SUMMARY = "dropped_summary"
     DROPPED_REJECTED = "dropped_rejected"
+    SPOOLS_SET_ASIDE = "spools_set_aside"  # corrupt spools replaced by an empty one
     WINDOW_START = "window_start"
     WINDOW_FRAMES = "window_frames"
     WINDOW_SENT = "window_sent"
@@ -82,6 +92,10 @@ class Counter(str, enum.Enum):
 
 
 SEEN_KEPT = 50_000  # ids remembered for de-duplication; far beyond any redelivery window
+
+
+class SpoolCorrupt(Exception):
+    """SQLite finds the spool file damaged; the message says how."""
 
 
 class StorageFull(Exception):
@@ -126,22 +140,63 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # One process owns the spool: exclusive locking keeps WAL's index in memory, so no
-        # `-shm` file has to be created, and a full volume does not prevent start-up.
-        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._page_size: int = self._db.execute("PRAGMA page_size").fetchone()[0]
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // self._page_size}")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
-        if "attempts" not in columns:  # a spool written by an earlier version
-            self._db.execute("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "created" not in columns:
-            self._db.execute("ALTER TABLE outbox ADD COLUMN created REAL NOT NULL DEFAULT 0")
+        try:
+            self._db = self._open()
+        except SpoolCorrupt as error:
+            set_aside = self._set_aside()
+            log.critical(
+                "the spool %s is corrupt (%s): set aside as %s, starting on an empty spool;"
+                " the messages it held are not sent",
+                path,
+                error,
+                set_aside,
+            )
+            self._db = self._open()
+            with self.transaction() as db:
+                self.add_counter(db, Counter.SPOOLS_SET_ASIDE)
+
+    def _open(self) -> sqlite3.Connection:
+        """The spool's connection, its schema in place, checked by SQLite's `quick_check`."""
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            # One process owns the spool: exclusive locking keeps WAL's index in memory, so
+            # no `-shm` file has to be created, and a full volume does not prevent start-up.
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._page_size: int = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // self._page_size}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
+            verdict = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            if verdict != ["ok"]:
+                raise SpoolCorrupt("; ".join(verdict))
+            db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(inbox)")}
+            if "attempts" not in columns:  # a spool written by an earlier version
+                db.execute("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            if "created" not in columns:
+                db.execute("ALTER TABLE outbox ADD COLUMN created REAL NOT NULL DEFAULT 0")
+        except sqlite3.DatabaseError as error:
+            db.close()
+            code = getattr(error, "sqlite_errorcode", None)  # extended: the low byte is primary
+            if code is not None and code & 0xFF in CORRUPT_CODES:
+                raise SpoolCorrupt(str(error)) from error
+            raise  # the volume (unreadable, full, locked): not the file's fault
+        except SpoolCorrupt:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self) -> Path:
+        """Move the corrupt file and its write-ahead log out of the way (over the last ones
+        set aside, so that repeated corruption cannot fill the volume)."""
+        target = self.path.with_name(self.path.name + CORRUPT_SUFFIX)
+        for suffix in ("", "-wal"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                source.replace(Path(str(target) + suffix))
+        return target
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
