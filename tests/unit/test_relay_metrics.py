@@ -16,6 +16,7 @@ STATS = {
     "alerts": 12,
     "duplicates": 3,
     "rejected": 1,
+    "spoolsSetAside": 0,
     "lastError": None,
     "lastErrorTime": None,
     "lastSentTime": "2026-11-30T01:00:00.000Z",
