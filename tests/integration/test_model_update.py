@@ -19,6 +19,7 @@ from scorer.model_store import ModelStore
 from scorer.model_update import ModelRequest, ModelUpdater, UpdateState
 from scorer.session import open_session
 
+from tests.conftest import fill
 from tests.model_server import ModelServer, export_zip, model_server
 from tests.scorer_process import free_port
 
@@ -61,15 +62,16 @@ def updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
     return started_updater(demo_dir, tmp_path)
 
 
-def started_updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
-    """The updater of a scorer started on the demo colour model, its store in `tmp_path`."""
+def started_updater(demo_dir: Path, tmp_path: Path, store: Path | None = None) -> ModelUpdater:
+    """The updater of a scorer started on the demo colour model, its store in `tmp_path`
+    (or in `store`)."""
     cache = tmp_path / "cache"
     spec = inspect_export(demo_dir / "models" / "colors", ModelOptions(), cache)
     scorer = Scorer(spec, ScorerConfig("colors", "image-default"))
     scorer.load(lambda s: open_session(s, ["CPUExecutionProvider"]))
     return ModelUpdater(
         scorer,
-        ModelStore(tmp_path / "store"),
+        ModelStore(store or tmp_path / "store"),
         inspect=lambda folder: inspect_export(folder, ModelOptions(), cache),
         open_model=lambda s: open_session(s, ["CPUExecutionProvider"]),
         limits=LAB,
@@ -227,5 +229,23 @@ def test_a_model_the_network_failed_to_bring_is_tried_again(
     assert "download failed" in _settled(updater)["lastError"]
     assert updater.request(offline)  # at the next reconnect it is tried again
     assert _settled(updater)["state"] == "failed"
+    assert updater.request(ModelRequest("v2", url, digest))
+    assert _settled(updater)["version"] == "v2"
+
+
+def test_an_update_onto_a_full_volume_fails_for_now_and_leaves_nothing_behind(
+    server: ModelServer, demo_dir: Path, tmp_path: Path, small_volume: Path
+) -> None:
+    store = small_volume / "store"
+    updater = started_updater(demo_dir, tmp_path, store)
+    red = (demo_dir / "images" / "red.jpg").read_bytes()
+    url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
+    ballast = fill(small_volume)
+    assert updater.request(ModelRequest("v2", url, digest))
+    status = _settled(updater)
+    assert status["state"] == "failed" and "No space left on device" in status["lastError"]
+    assert updater.scorer.score(red).model_version == "image-default"  # still serving
+    assert not [p for p in small_volume.rglob("*") if p.is_file() and p != ballast]
+    ballast.unlink()  # space returns: a full volume was no verdict on the model
     assert updater.request(ModelRequest("v2", url, digest))
     assert _settled(updater)["version"] == "v2"
