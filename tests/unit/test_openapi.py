@@ -70,6 +70,7 @@ def test_the_relays_own_metrics_are_what_the_page_reads() -> None:
         "alerts": 2,
         "duplicates": 0,
         "rejected": 5,
+        "spoolsSetAside": 0,
         "lastSentTime": "2026-11-30T01:00:00.000Z",
     }
     assert parse(render(stats)) == {
