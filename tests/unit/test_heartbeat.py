@@ -46,6 +46,9 @@ def test_a_heartbeat_gone_quiet_is_unhealthy_whatever_it_said(tmp_path: Path) ->
     assert problem(path, now=now + STALE_AFTER_S - 1) is None
     stale = problem(path, now=now + STALE_AFTER_S + 5)
     assert stale == f"the worker's last heartbeat was {STALE_AFTER_S + 5:.0f} s ago (ready)"
+    # written before the clock was set back an hour: not fresh for another hour
+    ahead = problem(path, now=now - 3600)
+    assert ahead == "the worker's last heartbeat is 3600 s ahead of the clock (ready)"
 
 
 def test_no_heartbeat_is_unhealthy_and_says_so(tmp_path: Path) -> None:

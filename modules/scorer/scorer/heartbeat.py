@@ -93,6 +93,11 @@ def problem(path: Path, now: float | None = None) -> str | None:
         return f"no heartbeat ({error})"
     if age > STALE_AFTER_S:
         return f"the worker's last heartbeat was {age:.0f} s ago ({status})"
+    # A clock set back (a Jetson without a backed-up clock, corrected by NTP) leaves a beat
+    # "in the future" that would look fresh for good after the loop died; a live loop
+    # touches the file again within a second.
+    if age < -STALE_AFTER_S:
+        return f"the worker's last heartbeat is {-age:.0f} s ahead of the clock ({status})"
     if status != State.READY.value:
         return status
     return None
