@@ -113,6 +113,10 @@ def test_the_heartbeat_turns_unhealthy_when_nothing_is_delivered_for_too_long(
         time.sleep(0.5)
         module.beat()
         assert health().returncode == 0
+        ahead = time.time() + 3600  # the clock was set back an hour since that beat
+        os.utime(heartbeat, (ahead, ahead))
+        assert "last heartbeat 3600 s ahead of the clock" in health().stderr
+        module.beat()
         module.relay.close_window(force=True)  # nothing to summarise: still nothing queued
         with module.spool.transaction() as db:
             module.spool.enqueue(db, Outgoing(MessageKind.SUMMARY, b"{}", "s"))

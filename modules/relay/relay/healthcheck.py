@@ -23,6 +23,9 @@ def main() -> int:
     if age > STALE_AFTER_S:
         print(f"unhealthy: last heartbeat {age:.0f} s ago", file=sys.stderr)
         return 1
+    if age < -STALE_AFTER_S:  # written before the clock was set back: no proof of life now
+        print(f"unhealthy: last heartbeat {-age:.0f} s ahead of the clock", file=sys.stderr)
+        return 1
     if status.startswith("stalled"):
         print(f"unhealthy: {status}", file=sys.stderr)
         return 1
