@@ -70,7 +70,7 @@ def test_the_relays_own_metrics_are_what_the_page_reads() -> None:
         "alerts": 2,
         "duplicates": 0,
         "rejected": 5,
-        "spoolsSetAside": 0,
+        "spoolsSetAside": 1,
         "lastSentTime": "2026-11-30T01:00:00.000Z",
     }
     assert parse(render(stats)) == {
@@ -80,5 +80,6 @@ def test_the_relays_own_metrics_are_what_the_page_reads() -> None:
         "dropped": 1.0,
         "rejected": 5.0,
         "deliveryStalledSeconds": 0.0,
+        "spoolsSetAside": 1.0,
         "lastSentTimestamp": 1796000400.0,
     }

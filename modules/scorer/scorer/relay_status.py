@@ -15,6 +15,7 @@ SHOWN = {
     "relay_dropped_messages_total": "dropped",
     "relay_rejected_inputs_total": "rejected",
     "relay_delivery_stalled_seconds": "deliveryStalledSeconds",
+    "relay_spools_set_aside_total": "spoolsSetAside",
     "relay_last_sent_timestamp_seconds": "lastSentTimestamp",
 }
 LINE = re.compile(r"^([a-z_]+) (\S+)$")

@@ -268,6 +268,8 @@ async function showEdge() {
       ["relay sent / upstream messages", `${r.sent} / ${r.upstreamMessages}`],
       ["relay dropped / rejected", `${r.dropped} / ${r.rejected}`],
       ["relay delivery stalled", `${r.deliveryStalledSeconds} s`]);
+    // a damaged spool replaced by an empty one: what it held was lost (an older relay: absent)
+    if (r.spoolsSetAside > 0) rows.push(["relay spools set aside (lost)", String(r.spoolsSetAside)]);
   }
   fill($("edge"), rows);
 }
