@@ -84,7 +84,7 @@ def test_a_first_engine_build_is_announced_and_ticks_until_done(
     from scorer.worker_app import EngineBuildProgress
 
     folder = engine_cache.engine_folder(tmp_path, key())
-    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
+    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(folder, 0.01):
         time.sleep(0.1)  # the engine builds during warm-up, before ready
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith(f"building the TensorRT engine into {folder}")
@@ -99,7 +99,7 @@ def test_a_restart_reuses_the_engine_it_built(
 
     folder = engine_cache.engine_folder(tmp_path, key())
     (folder / "TensorrtExecutionProvider_TRTKernel_graph_1_sm87.engine").write_bytes(b"x")
-    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(str(folder), 0.01):
+    with caplog.at_level(logging.INFO, "scorer"), EngineBuildProgress(folder, 0.01):
         time.sleep(0.05)
     assert [r.getMessage() for r in caplog.records] == [f"reusing the TensorRT engine in {folder}"]
 

@@ -177,15 +177,12 @@ class Spool:
             columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
             if "created" not in columns:
                 db.execute("ALTER TABLE outbox ADD COLUMN created REAL NOT NULL DEFAULT 0")
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, SpoolCorrupt) as error:
             db.close()
             code = getattr(error, "sqlite_errorcode", None)  # extended: the low byte is primary
             if code is not None and code & 0xFF in CORRUPT_CODES:
                 raise SpoolCorrupt(str(error)) from error
-            raise  # the volume (unreadable, full, locked): not the file's fault
-        except SpoolCorrupt:
-            db.close()
-            raise
+            raise  # SpoolCorrupt itself, or the volume (unreadable, full, locked)
         return db
 
     def _set_aside(self) -> Path:

@@ -26,7 +26,7 @@ from typing import Any
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .vocabulary import CudnnSearch
+from .vocabulary import AUTO, CudnnSearch
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def resolve(requested: Sequence[str]) -> tuple[list[str], list[Fallback]]:
     """
     chosen: list[str] = []
     nodes = gpu_device_nodes()
-    if tuple(requested) == ("auto",):
+    if tuple(requested) == (AUTO,):
         fallbacks: list[Fallback] = []
         for name in GPU_PREFERENCE:
             works, why = provider_works(name)

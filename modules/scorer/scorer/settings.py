@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .vocabulary import (
+    AUTO,
     CertificateSource,
     CudnnSearch,
     NmsScope,
@@ -20,7 +21,6 @@ from .vocabulary import (
 )
 
 PREFIX = "SCORER_"
-AUTO = "auto"  # what an override setting says to leave the choice to the export
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -107,11 +107,11 @@ def _aspect(text: str) -> float:
 
 def _providers(text: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
-    if names == ["auto"]:
-        return ("auto",)
+    if names == [AUTO]:
+        return (AUTO,)
     unknown = [name for name in names if name not in PROVIDER_NAMES]
     if not names or unknown:
-        raise ValueError(f"expected 'auto' or a list of {', '.join(PROVIDER_NAMES)}")
+        raise ValueError(f"expected '{AUTO}' or a list of {', '.join(PROVIDER_NAMES)}")
     return tuple(PROVIDER_NAMES[name] for name in names)
 
 
@@ -222,7 +222,7 @@ class Settings:
     decode_budget_bytes: int = _setting(
         1_000_000_000, _positive_int, "memory all decodes at once may take; beyond it they wait"
     )
-    providers: tuple[str, ...] = _setting(("auto",), _providers, "auto or e.g. cuda,cpu")
+    providers: tuple[str, ...] = _setting((AUTO,), _providers, "auto or e.g. cuda,cpu")
     trt_fp16: bool = _setting(True, _bool, "let TensorRT build FP16 engines")
     cudnn_conv_algo_search: CudnnSearch = _setting(
         CudnnSearch.EXHAUSTIVE,

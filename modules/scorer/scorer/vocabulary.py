@@ -12,6 +12,8 @@ import enum
 from typing import TypeVar
 
 VocabularyT = TypeVar("VocabularyT", bound=enum.Enum)  # any of them, in a parser of words
+# The word that leaves a choice to the scorer (providers) or to the export (overrides)
+AUTO = "auto"
 
 
 class Switch(str, enum.Enum):

@@ -154,8 +154,8 @@ def forget_unused_derivations(
 class EngineBuildProgress:
     """Logs while a first TensorRT engine build runs (minutes on a Jetson) before ready."""
 
-    def __init__(self, folder: str | None, interval_s: float = 30.0) -> None:
-        self.folder = Path(folder) if folder else None
+    def __init__(self, folder: Path | None, interval_s: float = 30.0) -> None:
+        self.folder = folder
         self.building = self.folder is not None and not engine_cache.has_engine(self.folder)
         self.interval_s = interval_s
         self.done = threading.Event()
@@ -207,14 +207,15 @@ def session_opener(settings: Settings, chosen: list[str]) -> Callable[[ModelSpec
     def open_model(spec: ModelSpec) -> LoadedModel:
         options = provider_options(settings, spec, onnxruntime.__version__, chosen)
         folder = options.get(providers.TENSORRT, {}).get("trt_engine_cache_path")
-        with EngineBuildProgress(folder):
+        engines = Path(folder) if folder else None
+        with EngineBuildProgress(engines):
             model = engine_cache.opened_past_a_broken_engine(
                 lambda: session.open_session(
                     spec, providers.with_options(chosen, options), level, threads, preparation
                 ),
-                Path(folder) if folder else None,
+                engines,
             )
-        derived[model] = (spec.onnx_path, Path(folder) if folder else None)
+        derived[model] = (spec.onnx_path, engines)
         forget_unused_derivations(settings, spec, list(derived.values()))
         return model
 
