@@ -224,7 +224,8 @@ def test_model_and_metrics(colors: ScorerProcess, demo_dir: Path) -> None:
 def test_auto_reports_the_gpu_providers_it_dropped_and_why(
     start_scorer: Callable[..., ScorerProcess], demo_dir: Path
 ) -> None:
-    """onnxruntime-gpu on a machine without a GPU: reported in /model, /readyz and /metrics."""
+    """onnxruntime-gpu on a machine without a GPU: reported in /model and /metrics; the
+    open /readyz says ready and nothing of the libraries behind it."""
     server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="auto")
     dropped = requests.get(server.url + "/model").json()["providerFallbacks"]
     assert {f["provider"] for f in dropped} == {
@@ -232,7 +233,7 @@ def test_auto_reports_the_gpu_providers_it_dropped_and_why(
         "CUDAExecutionProvider",
     }
     assert {f["reason"] for f in dropped} == {"no_gpu"} and all(f["detail"] for f in dropped)
-    assert requests.get(server.url + "/readyz").json()["providerFallbacks"] == dropped
+    assert requests.get(server.url + "/readyz").json() == {"status": "ready"}
     text = requests.get(server.url + "/metrics").text
     assert 'scorer_provider_fallback{provider="CUDAExecutionProvider",reason="no_gpu"} 1.0' in text
     assert "dropped (no_gpu)" in server.log

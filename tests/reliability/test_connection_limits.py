@@ -1,11 +1,15 @@
-"""A flood of connections that send nothing is bounded on both ports (SCORER_MAX_CONNECTIONS):
-past the limit HTTP stops accepting until one closes, and gRPC closes the newcomer at once, so
-file descriptors and memory stay bounded and the other port keeps serving."""
+"""A flood of connections is bounded on both ports (SCORER_MAX_CONNECTIONS) and cannot lock
+anyone out: at the limit HTTP closes the longest-idle connection to admit a new one (and waits
+to accept only while every one is busy), one address holds only its share of the table, and
+gRPC closes the newcomer at once; file descriptors and memory stay bounded and the other port
+keeps serving."""
 
 from __future__ import annotations
 
+import http.client
 import resource
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -32,8 +36,12 @@ def server(start_scorer: Callable[..., ScorerProcess], demo_dir: Path) -> Scorer
         demo_dir / "models" / "colors",
         PROVIDERS="cpu",
         MAX_CONNECTIONS=str(LIMIT),
+        MAX_CLIENT_CONNECTIONS=str(LIMIT),  # the whole table to one address (tests' 127.0.0.1)
         CLIENT_TIMEOUT_S="60",  # the held connections must outlast the test
     )
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n"
 
 
 def soft_descriptor_limit(pid: int) -> int:
@@ -77,7 +85,7 @@ def test_grpc_closes_a_connection_beyond_the_limit_and_serves_once_the_flood_goe
     assert "Traceback" not in server.log
 
 
-def test_http_takes_no_connection_beyond_the_limit_until_one_closes(
+def test_http_takes_no_connection_beyond_the_limit_while_every_one_is_busy(
     server: ScorerProcess,
 ) -> None:
     address = ("127.0.0.1", server.port)
@@ -85,10 +93,13 @@ def test_http_takes_no_connection_beyond_the_limit_until_one_closes(
         held = [
             stack.enter_context(socket.create_connection(address, timeout=10)) for _ in range(LIMIT)
         ]
-        held[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
+        held[-1].sendall(HEALTHZ)
         assert answer(held[-1])[0] == 200  # all of them were accepted by now
+        for sock in held:  # each one busy: a request under way, not idle
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.3)
         waiting = stack.enter_context(socket.create_connection(address, timeout=2))
-        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: scorer\r\n\r\n")
+        waiting.sendall(HEALTHZ)
         with pytest.raises(TimeoutError):
             waiting.recv(1)  # left in the listen queue, unread
         checked = server.health_check()  # the image's health check does not queue behind it
@@ -97,6 +108,60 @@ def test_http_takes_no_connection_beyond_the_limit_until_one_closes(
         waiting.settimeout(10)
         assert answer(waiting)[0] == 200
         assert GrpcClient(server.grpc_target).model()["labels"] == ["red", "green", "blue"]
+
+
+def test_http_at_the_limit_closes_the_longest_idle_connection_for_a_new_one(
+    server: ScorerProcess, demo_dir: Path
+) -> None:
+    """Kept alive after one request each, they fill the table; a new client is served at
+    once, and the one idle longest is the one closed."""
+    address = ("127.0.0.1", server.port)
+    with ExitStack() as stack:
+        held = []
+        for _ in range(LIMIT):
+            sock = stack.enter_context(socket.create_connection(address, timeout=10))
+            sock.sendall(HEALTHZ)
+            assert answer(sock)[0] == 200
+            held.append(sock)
+        image = (demo_dir / "images" / "red.jpg").read_bytes()
+        scored = requests.post(
+            server.url + "/score", data=image, headers={"Content-Type": "image/jpeg"}, timeout=5
+        )
+        assert scored.status_code == 200
+        held[0].settimeout(5)
+        assert closed_by_server(held[0])
+        for sock in held[1:]:
+            sock.settimeout(0.2)
+            assert not closed_by_server(sock)
+        assert gauge(server, "scorer_http_connections_evicted_total") >= 1
+
+
+def test_one_address_holds_only_its_share_of_the_table(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """Two busy connections from 127.0.0.2 are its share: its third is closed at once and
+    counted, while another address is served."""
+    server = start_scorer(
+        demo_dir / "models" / "colors",
+        PROVIDERS="cpu",
+        MAX_CONNECTIONS=str(LIMIT),
+        MAX_CLIENT_CONNECTIONS="2",
+    )
+    address = ("127.0.0.1", server.port)
+    with ExitStack() as stack:
+        for _ in range(2):
+            busy = stack.enter_context(
+                socket.create_connection(address, timeout=10, source_address=("127.0.0.2", 0))
+            )
+            busy.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.3)
+        third = stack.enter_context(
+            socket.create_connection(address, timeout=5, source_address=("127.0.0.2", 0))
+        )
+        third.sendall(HEALTHZ)
+        assert closed_by_server(third)
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert gauge(server, "scorer_http_connections_refused_total") == 1
 
 
 def test_connections_with_nothing_in_flight_are_closed_after_the_idle_time(
@@ -160,3 +225,66 @@ def test_out_of_descriptors_the_worker_stops_accepting_for_a_moment_instead_of_e
     assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log
     assert "cannot accept a connection (Too many open files)" in server.log
     assert gauge(server, "scorer_http_accept_pauses_total") >= 1
+
+
+def p50_ms(call: Callable[[], int], samples: int = 40) -> float:
+    """The median time of `call`, which must answer 200 every time."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        assert call() == 200
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def lean_client(server: ScorerProcess, image: bytes) -> tuple[Callable[[], int], ...]:
+    """`/healthz` and `/score` on one kept-alive connection of the standard library's client."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def call(method: str, path: str, body: bytes | None = None) -> int:
+        connection.request(method, path, body, {"Content-Type": "image/jpeg"} if body else {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+
+    return (lambda: call("GET", "/healthz"), lambda: call("POST", "/score", image))
+
+
+def test_idle_hoarders_and_clients_that_never_read_leave_a_new_client_its_quiet_speed(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """1,000 kept-alive idle connections (from four addresses) fill the table and 30 clients
+    pipeline 600 requests each without reading an answer: a new client's `/healthz` and
+    `/score` p50 stay within 2x of the same client's on a quiet server. Before, it waited
+    up to SCORER_IDLE_CONNECTION_S for the table, and `/healthz` ~9 s for a thread."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    server = start_scorer(demo_dir / "models" / "colors", PROVIDERS="cpu")
+    image = (demo_dir / "images" / "red.jpg").read_bytes()
+    healthz, score = lean_client(server, image)
+    quiet = (p50_ms(healthz), p50_ms(score))
+    address = ("127.0.0.1", server.port)
+    with ExitStack() as stack:
+        for n in range(1000):
+            source = (f"127.0.0.{2 + n % 4}", 0)
+            sock = stack.enter_context(
+                socket.create_connection(address, timeout=30, source_address=source)
+            )
+            sock.sendall(HEALTHZ)
+            assert answer(sock)[0] == 200
+        assert gauge(server, "scorer_http_connections") >= 1000
+        for _ in range(30):
+            sock = socket.socket()
+            stack.enter_context(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(address)
+            sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: scorer\r\n\r\n" * 600)
+        deadline = time.monotonic() + 10
+        while gauge(server, "scorer_http_unsent_bytes") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gauge(server, "scorer_http_unsent_bytes") > 0, "nobody left an answer unread"
+        healthz, score = lean_client(server, image)  # a new client, at the full table
+        hoarded = (p50_ms(healthz), p50_ms(score))
+    assert hoarded[0] <= 2 * quiet[0], f"/healthz p50 {hoarded[0]:.2f} ms, quiet {quiet[0]:.2f}"
+    assert hoarded[1] <= 2 * quiet[1], f"/score p50 {hoarded[1]:.2f} ms, quiet {quiet[1]:.2f}"
+    assert "Traceback" not in server.log

@@ -192,8 +192,27 @@ def test_expect_100_continue_gets_continue_then_the_result(
         (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI_TOO_LONG"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, "MALFORMED_REQUEST"),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "MALFORMED_REQUEST"),  # gRPC, wrong port
+        # methods are case-sensitive: `post` was served as POST, past the loop's 429 gate
+        (b"post /score HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400, "MALFORMED_REQUEST"),
+        (b"GET /healthz HTTP/1.1\rHost: x\rX: y\r\n\r\n", 400, "MALFORMED_REQUEST"),  # was 431
+        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400, "MALFORMED_REQUEST"),  # was 401
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=999999-\r\n\r\n",
+            416,
+            "RANGE_NOT_SATISFIABLE",
+        ),
     ],
-    ids=["bad-chunk-size", "huge-headers", "long-uri", "bad-header-name", "http2-preface"],
+    ids=[
+        "bad-chunk-size",
+        "huge-headers",
+        "long-uri",
+        "bad-header-name",
+        "http2-preface",
+        "lower-case-method",
+        "bare-cr",
+        "options-asterisk",
+        "unsatisfiable-range",
+    ],
 )
 def test_malformed_requests_get_their_code_in_json(
     server: ScorerProcess, request_bytes: bytes, status: int, code: str
@@ -203,6 +222,23 @@ def test_malformed_requests_get_their_code_in_json(
         got, headers, body = answer(sock)
     assert (got, error_code(body)) == (status, code)
     assert headers["content-type"] == "application/json"
+
+
+def test_a_request_with_both_length_and_chunking_is_answered_then_closed(
+    server: ScorerProcess,
+) -> None:
+    """RFC 9112 §6.1: a proxy framing by Content-Length would read the rest as a second
+    request (the classic desync), so the connection must end after the answer."""
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        status, headers, _ = answer(sock)
+        assert (status, headers["connection"]) == (400, "close")  # an empty body: EMPTY_BODY
+        sock.settimeout(5)
+        assert sock.recv(65536) == b""  # closed: the smuggled request was never answered
 
 
 def test_keep_alive_connections_serve_request_after_request(

@@ -4,19 +4,17 @@ A client presents a key as `Authorization: Bearer <key>` (HTTP, or gRPC metadata
 `authorization`), or as Custom Vision's cloud header `Prediction-Key: <key>`, so a client of
 the cloud prediction API switches to the device by changing only its address and key.
 Several keys may be valid at once, which is how they are rotated. Keys are compared in
-constant time and never logged. Health and readiness stay open for probes.
+constant time and never logged. Which routes are open (health, readiness, the page) is
+decided by each front end on the route it matched, never on the text of a path.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-# Routes a probe (or a browser before it has the key) may call without a key: health, and
-# the operator's page and API document, which hold no data (the page asks for the key).
-OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json"})
-OPEN_HTTP_PREFIXES = ("/ui/",)  # the page's scripts and styles
-OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
+# gRPC services a probe calls without a key (matched on the whole service name).
+OPEN_GRPC_SERVICES = frozenset({"grpc.health.v1.Health"})
 CHALLENGE = 'Bearer realm="scorer"'
 
 
@@ -44,18 +42,34 @@ class ApiKeys:
         return f"ApiKeys({len(self._keys)} keys)"
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key in HTTP headers or gRPC metadata (lower-case names), if any."""
-    authorization = headers.get("authorization") or headers.get("Authorization") or ""
-    scheme, _, token = authorization.partition(" ")
+class RepeatedKeyHeader(ValueError):
+    """A request carried a key header more than once: refused, never one of them picked."""
+
+
+KEY_HEADERS = ("authorization", "prediction-key")
+
+
+def presented_key(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The key in HTTP headers or gRPC metadata, as (name, value) pairs in any case, if
+    any; RepeatedKeyHeader when a key header comes more than once (which one a proxy or a
+    library would keep differs, so neither is)."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in KEY_HEADERS:
+            if key in found:
+                raise RepeatedKeyHeader(f"the {name} header is given more than once")
+            found[key] = value
+    scheme, _, token = found.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return headers.get("prediction-key") or headers.get("Prediction-Key") or None
+    return found.get("prediction-key") or None
 
 
-def is_open(path: str) -> bool:
-    """Whether an HTTP path is served without a key."""
-    return path in OPEN_HTTP_PATHS or path.startswith(OPEN_HTTP_PREFIXES)
+def is_open_grpc(method: str) -> bool:
+    """Whether a gRPC method (`/package.Service/Method`) is served without a key."""
+    service = method.lstrip("/").partition("/")[0]
+    return service in OPEN_GRPC_SERVICES
 
 
 NO_KEYS = ApiKeys(())  # the default: every request is let through

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import openapi
-from .auth import CHALLENGE, NO_KEYS, ApiKeys, is_open, presented_key
+from .auth import CHALLENGE, NO_KEYS, ApiKeys, RepeatedKeyHeader, presented_key
 from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
@@ -36,6 +36,19 @@ RAW_IMAGE_TYPES = (
 MULTIPART = "multipart/form-data"
 PAGES = Path(__file__).parent / "static"  # the operator's page: plain HTML, CSS and JS
 MAX_FORM_PARTS = 16  # an image and a few fields; werkzeug's default is 1,000
+# The routes served without a key, by the endpoint they matched (never by the text of a
+# path: the container's routes take any project name, `ui` included): health and
+# readiness for probes, the page with its static files and the API reference, which hold
+# no data (the page asks for the key).
+OPEN_ENDPOINTS = frozenset({"healthz", "readyz", "page", "reference", "openapi_document", "static"})
+# werkzeug's refusals other than 404 and 405 (answered with the allowed methods), by status
+HTTP_EXCEPTION_CODES = {
+    400: Code.INVALID_ARGUMENT,
+    413: Code.BODY_TOO_LARGE,
+    414: Code.URI_TOO_LONG,
+    416: Code.RANGE_NOT_SATISFIABLE,
+    431: Code.HEADERS_TOO_LARGE,
+}
 
 
 def error_response(code: Code, message: str) -> Response:
@@ -206,15 +219,10 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> Response:
+        """Open to probes, so it says ready or not and nothing else (`/model` has the rest)."""
         if not scorer.ready:
             raise ScoringError(Code.NOT_READY, "the model is still loading or warming up")
-        return jsonify(
-            {
-                "status": "ready",
-                "providers": list(scorer.providers),
-                "providerFallbacks": list(scorer.provider_fallbacks),
-            }
-        )
+        return jsonify({"status": "ready"})
 
     @app.get("/model")
     def model() -> Response:
@@ -262,14 +270,18 @@ def create_app(
 
     @app.before_request
     def authenticate() -> None:
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        if is_open(request.path) or keys.accepts(presented_key(headers)):
+        """After routing: open is a property of the route matched (`OPEN_ENDPOINTS`); a
+        request that matched none needs a key too, so no route is found without one."""
+        if request.endpoint in OPEN_ENDPOINTS or not keys.enabled:
             return
+        message = "an API key is required: Authorization: Bearer <key> or Prediction-Key: <key>"
+        try:
+            if keys.accepts(presented_key(request.headers.items())):
+                return
+        except RepeatedKeyHeader as error:
+            message = f"{error}; send one key"
         scorer.metrics.error(Code.UNAUTHENTICATED.value)
-        raise ScoringError(
-            Code.UNAUTHENTICATED,
-            "an API key is required: Authorization: Bearer <key> or Prediction-Key: <key>",
-        )
+        raise ScoringError(Code.UNAUTHENTICATED, message)
 
     @app.after_request
     def log_request(response: Response) -> Response:
@@ -304,9 +316,11 @@ def create_app(
             )
             response.headers["Allow"] = allowed
             return response
-        if error.code == 400:
-            return error_response(Code.INVALID_ARGUMENT, error.description or "bad request")
-        log.warning("HTTP %s on %s: %s", error.code, request.path, error.description)
+        status = error.code or 500
+        if status < 500:  # the client's mistake: a 4xx of our shape, never a 5xx
+            code = HTTP_EXCEPTION_CODES.get(status, Code.INVALID_ARGUMENT)
+            return error_response(code, error.description or "bad request")
+        log.warning("HTTP %s on %s: %s", status, printable(request.path), error.description)
         return error_response(Code.INTERNAL, error.description or "request failed")
 
     @app.errorhandler(Exception)

@@ -24,6 +24,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.URI_TOO_LONG: 414,
     Code.REQUEST_TIMEOUT: 408,
     Code.UNAUTHENTICATED: 401,
+    Code.RANGE_NOT_SATISFIABLE: 416,
+    Code.CONFLICT: 409,
     Code.INTERNAL: 500,
 }
 # Answered with `Retry-After: 1`: the request was fine, the scorer is busy or not ready yet.

@@ -45,6 +45,30 @@ class ScorerMetrics:
             "Bytes held by HTTP requests still arriving (bounded by SCORER_READ_BUDGET_BYTES)",
             registry=self.registry,
         )
+        self.http_unsent_bytes = Gauge(
+            "scorer_http_unsent_bytes",
+            "Bytes of answers waiting for clients to read them (bounded by"
+            " SCORER_SEND_BUDGET_BYTES)",
+            registry=self.registry,
+        )
+        self.http_connections_evicted = Counter(
+            "scorer_http_connections_evicted",
+            "Idle HTTP connections closed to admit a new one (at SCORER_MAX_CONNECTIONS or"
+            " the address's SCORER_MAX_CLIENT_CONNECTIONS)",
+            registry=self.registry,
+        )
+        self.http_connections_refused = Counter(
+            "scorer_http_connections_refused",
+            "New HTTP connections closed at once: their address held its share of the table"
+            " (SCORER_MAX_CLIENT_CONNECTIONS) with none idle",
+            registry=self.registry,
+        )
+        self.http_unread_answers_dropped = Counter(
+            "scorer_http_unread_answers_dropped",
+            "HTTP connections closed because their client did not read its answer in time"
+            " (SCORER_CLIENT_TIMEOUT_S) or unread answers held SCORER_SEND_BUDGET_BYTES",
+            registry=self.registry,
+        )
         self.http_accept_pauses = Counter(
             "scorer_http_accept_pauses",
             "Times HTTP stopped accepting connections for a second: no file descriptor was left",

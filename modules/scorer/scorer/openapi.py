@@ -287,7 +287,7 @@ def document(version: str) -> dict[str, Any]:
                 **open_route,
                 "summary": "200 once the model is loaded and warm",
                 "responses": {
-                    "200": {"description": "ready: providers in use and fallbacks"},
+                    "200": {"description": 'ready: `{"status": "ready"}` (details: `/model`)'},
                     **_errors(Code.NOT_READY),
                 },
             }
@@ -358,7 +358,9 @@ def document(version: str) -> dict[str, Any]:
                 "security": SECURED,
                 "responses": {
                     "202": _json("ModelUpdate", "the rollback runs"),
-                    **_errors(Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.NOT_FOUND),
+                    **_errors(
+                        Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.NOT_FOUND, Code.CONFLICT
+                    ),
                 },
             }
         },

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 
 import h11
 
@@ -31,6 +32,9 @@ MAX_REQUEST_LINE = 4094  # bytes, as gunicorn's limit_request_line
 MAX_HEADER_BYTES = 16 * 1024  # the whole head; h11 checks it only while incomplete
 MAX_FIELD_BYTES = 8190  # one header line, and at most MAX_FIELDS of them, as gunicorn's limits
 MAX_FIELDS = 100
+# A CR not followed by LF in the head: RFC 9112 §2.2 lets a server refuse it as 400
+BARE_CR = re.compile(rb"\r(?!\n)")
+HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 def http_connection() -> h11.Connection:
@@ -66,6 +70,10 @@ class RequestFrame:
         self.expects_continue = False  # the client waits for "100 Continue" before its body
         self.announced = 0  # the body's Content-Length (0 when chunked or none)
         self.request: h11.Request | None = None
+        # The answer must end the connection: the request had both Content-Length and
+        # Transfer-Encoding (RFC 9112 §6.1), so a proxy may have framed it otherwise.
+        self.must_close = False
+        self._head = b""  # the head as far as it arrived, while it has not ended
 
     @property
     def method(self) -> bytes:
@@ -76,6 +84,10 @@ class RequestFrame:
         sent ahead of time, make it whole)."""
         if data:
             self.received += len(data)
+            if self.request is None and self._bare_cr(data):
+                return self._reject(
+                    Code.MALFORMED_REQUEST, "malformed HTTP request: a CR without LF in the head"
+                )
             self.connection.receive_data(data)
         while True:
             try:
@@ -99,8 +111,30 @@ class RequestFrame:
             else:  # ConnectionClosed or PAUSED: nothing more will come for this request
                 return self._reject(Code.MALFORMED_REQUEST, "the request ended before it was whole")
 
+    def _bare_cr(self, data: bytes) -> bool:
+        """Whether the head so far has a CR without its LF (kept across reads: a CR may end
+        one read and its LF start the next)."""
+        head = self._head + data
+        end = HEAD_END.search(head)
+        if end is not None:
+            head = head[: end.end()]
+        if BARE_CR.search(head[:-1] if head.endswith(b"\r") else head):
+            return True
+        self._head = head[-(MAX_HEADER_BYTES + 1) :]
+        return False
+
     def _check_headers(self, request: h11.Request) -> Progress | None:
         self.request = request
+        if request.method != request.method.upper():
+            return self._reject(
+                Code.MALFORMED_REQUEST,
+                f"method {request.method.decode('ascii', 'backslashreplace')!r}: methods are "
+                "case-sensitive (RFC 9110 §9.1); send it in capitals",
+            )
+        if request.target == b"*":
+            return self._reject(
+                Code.MALFORMED_REQUEST, "asterisk-form (OPTIONS *) is not served here"
+            )
         if request.http_version not in (b"1.0", b"1.1"):  # e.g. a gRPC client on this port
             return self._reject(
                 Code.MALFORMED_REQUEST,
@@ -124,6 +158,7 @@ class RequestFrame:
                 Code.HEADERS_TOO_LARGE, f"a request header is longer than {MAX_FIELD_BYTES} bytes"
             )
         headers = dict(request.headers)
+        self.must_close = b"content-length" in headers and b"transfer-encoding" in headers
         self.announced = int(headers.get(b"content-length", 0))
         if self.announced > self.max_body_bytes:
             return self._too_large()

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .auth import NO_KEYS, OPEN_GRPC_PREFIXES, ApiKeys, presented_key
+from .auth import NO_KEYS, ApiKeys, RepeatedKeyHeader, is_open_grpc, presented_key
 from .core import Code, Result, ScoreOptions, Scorer, ScoringError
 from .generated import scoring_pb2
 from .tls import TlsSource
@@ -43,6 +43,8 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     Code.HEADERS_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.URI_TOO_LONG: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.RANGE_NOT_SATISFIABLE: grpc.StatusCode.OUT_OF_RANGE,
+    Code.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
     Code.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
@@ -219,19 +221,19 @@ class KeyInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_GRPC_PREFIXES):
+        if handler is None or is_open_grpc(details.method):
             return handler
-        metadata = {key: value for key, value in (details.invocation_metadata or ())}
-        if self.keys.accepts(presented_key(metadata)):
-            return handler
+        message = "an API key is required: metadata authorization: Bearer <key>"
+        try:
+            if self.keys.accepts(presented_key(details.invocation_metadata or ())):
+                return handler
+        except RepeatedKeyHeader as error:
+            message = f"{error}; send one key"
         self.scorer.metrics.error(Code.UNAUTHENTICATED.value)
 
         async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
             context.set_trailing_metadata(((ERROR_CODE_KEY, Code.UNAUTHENTICATED.value),))
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "an API key is required: metadata authorization: Bearer <key>",
-            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             await refuse(requests, context)

@@ -196,8 +196,14 @@ class Settings:
     max_connections: int = _setting(
         1000,
         _positive_int,
-        "client connections each server keeps open (HTTP, gRPC); beyond, HTTP waits to accept"
-        " and gRPC closes them",
+        "client connections each server keeps open (HTTP, gRPC); at the limit HTTP closes the"
+        " longest-idle one to admit a new one (or waits to accept), gRPC closes new ones",
+    )
+    max_client_connections: int = _setting(
+        0,
+        _non_negative_int,
+        "HTTP connections one client address may hold (0: half of SCORER_MAX_CONNECTIONS); a"
+        " new one beyond it takes the place of that address's longest-idle one, or is refused",
     )
     idle_connection_s: int = _setting(
         75,
@@ -213,6 +219,12 @@ class Settings:
         128 * 1024 * 1024,
         _positive_int,
         "request bytes held at once by requests still arriving; beyond it 429",
+    )
+    send_budget_bytes: int = _setting(
+        64 * 1024 * 1024,
+        _positive_int,
+        "answer bytes waiting for clients that do not read them; beyond it such a connection"
+        " is closed",
     )
     max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")

@@ -9,6 +9,10 @@ parsed and buffered, runs the app on h11's parse and sends the answer in one wri
 (`SCORER_CLIENT_TIMEOUT_S`, answered 408), bodies over the limit are refused as soon as they
 are announced or exceed it (413), broken framing is 400, every refusal is in the scorer's
 JSON error shape, and connections that send nothing cost a file descriptor, not a thread.
+Connections cannot be hoarded: at the connection limit the longest-idle one is closed to
+admit a new one, one client address holds at most a share of the table, and an answer the
+client does not read goes back to the event loop (a buffer, never a thread, and a bounded
+total of unsent bytes).
 gunicorn still runs the process: the master, signals, graceful stop, the listeners and the
 thread pool. The worker also stops the gRPC server gracefully on SIGTERM and the IoT Edge
 publisher at exit.
@@ -16,6 +20,7 @@ publisher at exit.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import json
@@ -63,6 +68,18 @@ def closing_error(code: Code, message: str) -> bytes:
     return render(http_connection(), error_answer(code, message), close=True)
 
 
+def send_now(sock: socket.socket, data: bytes) -> int:
+    """Send what the socket takes without blocking; how many bytes went."""
+    sock.setblocking(False)
+    view, sent = memoryview(data), 0
+    try:
+        while sent < len(data):
+            sent += sock.send(view[sent:])
+    except WOULD_BLOCK:
+        pass
+    return sent
+
+
 class ClientConnection(TConn):
     """A client connection with its h11 state, which lasts across its requests."""
 
@@ -73,6 +90,8 @@ class ClientConnection(TConn):
         self.peer = Peer(tuple(client[:2]), tuple(server[:2]), scheme)
         self.frame: RequestFrame | None = None  # the request being read or answered
         self.handshaken = False
+        self.unsent = b""  # what the answering thread could not send without blocking
+        self.address = self.peer.client[0]
 
     def receive(self, size: int) -> bytes:
         """Read what the client sent without blocking: under TLS, finish the handshake first
@@ -106,6 +125,15 @@ class Reading:
 
 
 @dataclasses.dataclass
+class Writing:
+    """An answer the client has not read in full yet: sent from the loop as it reads."""
+
+    conn: ClientConnection
+    deadline: float
+    keep: bool  # whether the connection serves another request once this is sent
+
+
+@dataclasses.dataclass
 class Draining:
     """A closing connection: its answer is sent; what the client still sends is discarded."""
 
@@ -127,6 +155,13 @@ class ScorerWorker(ThreadWorker):
         # Bytes held by requests still arriving: without a bound, a thousand connections
         # each sending most of a maximal body and stalling would hold gigabytes.
         self.held = 0
+        self.writing: dict[ClientConnection, Writing] = {}
+        self.unsent = 0  # bytes of answers waiting for clients to read them
+        self.per_client: collections.Counter[str] = (
+            collections.Counter()
+        )  # open connections by client address
+        settings = self.app.settings
+        self.client_share = settings.max_client_connections or max(1, settings.max_connections // 2)
         self.accept_paused_until = 0.0
         tls = self.app.tls
         self.tls_context = tls.server_context() if tls is not None else None  # follows renewals
@@ -139,6 +174,7 @@ class ScorerWorker(ThreadWorker):
         metrics = self.app.scorer.metrics  # read when /metrics is scraped
         metrics.http_connections.set_function(lambda: self.nr_conns)
         metrics.http_receiving_bytes.set_function(lambda: self.held)
+        metrics.http_unsent_bytes.set_function(lambda: self.unsent)
 
     def notify(self) -> None:
         """gunicorn's heartbeat to the arbiter, at every turn of the loop; ours, for the
@@ -159,12 +195,62 @@ class ScorerWorker(ThreadWorker):
             elif error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
+        if not self.make_room(str(client[0])):
+            self.app.scorer.metrics.http_connections_refused.inc()
+            sock.close()  # nothing to say yet: under TLS it could not even be read
+            return
         self.nr_conns += 1
         if self.tls_context is not None:  # the handshake happens in the loop, like the reading
             sock = self.tls_context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
             )
-        self.start_reading(ClientConnection(self.cfg, sock, client, listener.getsockname()))
+        conn = ClientConnection(self.cfg, sock, client, listener.getsockname())
+        self.per_client[conn.address] += 1
+        self.start_reading(conn)
+
+    # --- the connection table: nobody hoards it --------------------------------------------
+
+    def make_room(self, address: str) -> bool:
+        """Whether a new connection from `address` may be taken: within the address's share
+        and the table, closing the longest-idle connection (of that address when it is over
+        its share) to make room; False when every connection in the way is busy."""
+        if self.per_client[address] >= self.client_share and not self.evict_idle(address):
+            return False
+        return self.nr_conns < self.worker_connections or self.evict_idle()
+
+    def idle(self, address: str | None = None) -> ClientConnection | None:
+        """The longest-idle connection (of `address`): kept alive between requests first,
+        then connected without having sent a byte; None when all are busy."""
+        kept: collections.deque[ClientConnection] = self.keepalived_conns
+        for conn in kept:
+            if address is None or conn.address == address:
+                return conn
+        for reading in self.reading.values():  # in the order they started
+            if reading.frame.received == 0 and address in (None, reading.conn.address):
+                return reading.conn
+        return None
+
+    def evict_idle(self, address: str | None = None) -> bool:
+        """Close the longest-idle connection (of `address`); whether there was one."""
+        conn = self.idle(address)
+        if conn is None:
+            return False
+        if conn in self.reading:
+            self.stop_reading(self.reading[conn])
+        else:
+            self.keepalived_conns.remove(conn)
+            self.poller.unregister(conn.sock)
+        self.app.scorer.metrics.http_connections_evicted.inc()
+        self.drop(conn)
+        return True
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """Close kept-alive connections idle for SCORER_IDLE_CONNECTION_S (all: `force`)."""
+        now = time.monotonic()
+        while self.keepalived_conns and (force or self.keepalived_conns[0].timeout <= now):
+            conn = self.keepalived_conns.popleft()
+            self.poller.unregister(conn.sock)
+            self.drop(conn)
 
     def pause_accepting(self, error: OSError) -> None:
         """Out of descriptors: stop accepting for a moment instead of ending the worker (and
@@ -179,8 +265,11 @@ class ScorerWorker(ThreadWorker):
         )
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        """gthread's loop enables accepting again whenever a connection may be taken; not
-        while a pause for want of descriptors lasts."""
+        """gthread's loop enables accepting whenever the table has room; here also at the
+        limit while an idle connection can make room; never while a pause for want of
+        descriptors lasts."""
+        if not enabled and self.nr_conns >= self.worker_connections:
+            enabled = self.idle() is not None
         super().set_accept_enabled(enabled and time.monotonic() >= self.accept_paused_until)
 
     def on_client_socket_readable(self, conn: ClientConnection, client: Any) -> None:
@@ -287,14 +376,13 @@ class ScorerWorker(ThreadWorker):
         assert frame is not None and frame.request is not None
         try:
             answer = call_app(self.wsgi, wsgi_environ(frame.request, bytes(frame.body), conn.peer))
-            data = render(conn.http, answer, close=not self.alive)
+            data = render(conn.http, answer, close=not self.alive or frame.must_close)
         except Exception:  # the app answers its own errors: this is a bug
             log.exception("cannot answer %s %s", frame.method.decode(), conn.peer.client)
             data = closing_error(Code.INTERNAL, "internal error; logged")
             conn.http = http_connection()  # this one ended in an error: never reused
         try:
-            conn.sock.settimeout(self.app.settings.client_timeout_s)  # a client that never reads
-            conn.sock.sendall(data)
+            conn.unsent = data[send_now(conn.sock, data) :]  # the rest: from the loop
         except OSError:
             return False
         return self.alive and keeps_alive(conn.http)
@@ -307,7 +395,13 @@ class ScorerWorker(ThreadWorker):
         except Exception:  # `handle` answers its errors: log anything else
             log.exception("a request's thread failed")
             keep = False
-        conn.sock.setblocking(False)
+        if conn.unsent:
+            self.start_writing(conn, keep)
+        else:
+            self.after_answer(conn, keep)
+
+    def after_answer(self, conn: ClientConnection, keep: bool) -> None:
+        """The answer is sent: wait for the connection's next request, or close it."""
         if not keep:
             self.close_softly(conn)
         elif conn.http.trailing_data[0]:  # sent ahead: the poller will not see those bytes
@@ -318,6 +412,44 @@ class ScorerWorker(ThreadWorker):
             self.poller.register(
                 conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
             )
+            if not self._accepting:  # at the limit, this idle one can make room
+                self.set_accept_enabled(self.nr_conns < self.worker_connections)
+
+    # --- answers the client does not read yet: from the loop, never a thread ---------------
+
+    def start_writing(self, conn: ClientConnection, keep: bool) -> None:
+        """Send the rest of an answer as the client reads it; a client that does not read
+        within SCORER_CLIENT_TIMEOUT_S, or whose answer would take the unsent bytes past
+        SCORER_SEND_BUDGET_BYTES, is closed."""
+        if self.unsent + len(conn.unsent) > self.app.settings.send_budget_bytes:
+            self.app.scorer.metrics.http_unread_answers_dropped.inc()
+            log.info("closed %s: answers not read by their clients hold too much", conn.client)
+            self.drop(conn)
+            return
+        self.unsent += len(conn.unsent)
+        writing = Writing(conn, time.monotonic() + self.app.settings.client_timeout_s, keep)
+        self.writing[conn] = writing
+        self.poller.register(conn.sock, selectors.EVENT_WRITE, partial(self.on_writable, writing))
+
+    def on_writable(self, writing: Writing, _sock: Any) -> None:
+        conn = writing.conn
+        try:
+            sent = send_now(conn.sock, conn.unsent)
+        except OSError:
+            self.stop_writing(writing)
+            self.drop(conn)
+            return
+        self.unsent -= sent
+        conn.unsent = conn.unsent[sent:]
+        if not conn.unsent:
+            self.stop_writing(writing)
+            self.after_answer(conn, writing.keep)
+
+    def stop_writing(self, writing: Writing) -> None:
+        del self.writing[writing.conn]
+        self.unsent -= len(writing.conn.unsent)
+        writing.conn.unsent = b""
+        self.poller.unregister(writing.conn.sock)
 
     # --- closing -------------------------------------------------------------------------
 
@@ -328,6 +460,9 @@ class ScorerWorker(ThreadWorker):
 
     def drop(self, conn: ClientConnection) -> None:
         self.nr_conns -= 1
+        self.per_client[conn.address] -= 1
+        if not self.per_client[conn.address]:
+            del self.per_client[conn.address]
         conn.close()
 
     @staticmethod
@@ -392,6 +527,10 @@ class ScorerWorker(ThreadWorker):
                 self.drop(reading.conn)
         for draining in [d for d in self.draining.values() if d.deadline <= now]:
             self.stop_draining(draining)
+        for writing in [w for w in self.writing.values() if w.deadline <= now]:
+            self.app.scorer.metrics.http_unread_answers_dropped.inc()
+            self.stop_writing(writing)
+            self.drop(writing.conn)
 
     # --- graceful stop of the gRPC server and the publisher -------------------------------
 
