@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Callable
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
-from tests.scorer_process import ScorerProcess
+from tests.scorer_process import ScorerProcess, memory_mb, worker_pid
 
 pytestmark = pytest.mark.reliability
 
@@ -76,3 +78,50 @@ def test_a_body_over_the_limit_names_its_setting(
     )
     assert code_of(response) == (413, "BODY_TOO_LARGE")
     assert "SCORER_MAX_BODY_BYTES" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["colors", "squares-yolo"])
+def test_elongated_images_are_refused_before_any_pixel_is_made(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path, model: str
+) -> None:
+    """A 122-byte PNG of 1x10,000 took 2.7 GB (and 1x100,000 a 500 MemoryError); 20,000,000x1
+    took 3.8 GB on the YOLO demo off TensorRT, 2.9 GB of it still resident after."""
+    server = start_scorer(demo_dir / "models" / model, PROVIDERS="cpu")
+    for size in ((1, 10_000), (1, 100_000), (20_000_000, 1)):
+        response = requests.post(
+            server.url + "/score", data=png_header(*size), headers={"Content-Type": "image/png"}
+        )
+        assert code_of(response) == (413, "IMAGE_TOO_LARGE"), size
+        assert "SCORER_MAX_IMAGE_ASPECT" in response.json()["error"]["message"]
+
+
+def solid_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_the_largest_images_the_limits_allow_leave_memory_near_where_it_was(
+    start_scorer: Callable[..., ScorerProcess], demo_dir: Path
+) -> None:
+    """The YOLO demo sized by pixel count (its input follows the image) on the most elongated
+    images at the most pixels allowed, both ways: the worker's resident memory, ONNX
+    Runtime's arena included, ends near where ordinary frames left it."""
+    server = start_scorer(demo_dir / "models" / "squares-yolo", PROVIDERS="cpu")
+    worker = worker_pid(server.proc.pid)
+    ordinary = (demo_dir / "images" / "squares.jpg").read_bytes()
+    for _ in range(5):
+        assert requests.post(server.url + "/score", data=ordinary,
+                             headers={"Content-Type": "image/jpeg"}).status_code == 200  # fmt: skip
+    baseline = memory_mb(worker, "VmRSS")
+    for size in ((24_992, 1_562), (1_562, 24_992)):  # 16:1, 39 million pixels
+        body = solid_png(*size)
+        for _ in range(2):
+            response = requests.post(
+                server.url + "/score", data=body, headers={"Content-Type": "image/png"}
+            )
+            assert response.status_code == 200, response.text
+    after = memory_mb(worker, "VmRSS")
+    peak = memory_mb(worker, "VmHWM")
+    assert peak > baseline + 100, "the large images did not take memory: the test tests nothing"
+    assert after - baseline < 0.25 * (peak - baseline), f"{baseline=} {after=} {peak=} MB"

@@ -173,8 +173,9 @@ def test_by_pixel_count_align32_keeps_aspect_and_area() -> None:
 
 def test_jpeg_draft_decodes_large_images_at_reduced_scale() -> None:
     data = _encode(Image.new("RGB", (3200, 2400), (30, 200, 40)), "JPEG")
-    drafted = imaging.decode_image(data, DecodeLimits(jpeg_draft=True), (448, 448))
-    full = imaging.decode_image(data, DecodeLimits(jpeg_draft=False), (448, 448))
+    prep = Preprocessing(target_size=(224, 224))
+    drafted = imaging.decode_image(data, DecodeLimits(jpeg_draft=True), prep)
+    full = imaging.decode_image(data, DecodeLimits(jpeg_draft=False), prep)
     assert full.size == (3200, 2400)
     assert drafted.size == (800, 600)  # 1/4 scale still keeps twice the model's size
 
@@ -220,3 +221,60 @@ def test_the_decode_budget_makes_a_decode_wait_for_its_share() -> None:
         assert not entered.wait(0.2)  # 80 + 50 > 100: it waits
     assert entered.wait(5)  # released: it goes
     second.join()
+
+
+CROP_EXPORT = Preprocessing(
+    target_size=(256, 256),
+    resize_method=ResizeMethod.BY_SHORTER_SIDE,
+    crop_method=CropMethod.CENTER,
+    crop_size=(224, 224),
+)
+EVERY_SIZING = {
+    "stretch": Preprocessing(target_size=(224, 224)),
+    "shorter-side": Preprocessing(
+        target_size=(256, 256), resize_method=ResizeMethod.BY_SHORTER_SIDE
+    ),
+    "shorter-side-crop": CROP_EXPORT,
+    "pixel-count": Preprocessing(target_size=(416, 416), resize_method=ResizeMethod.BY_PIXEL_COUNT),
+}
+
+
+@pytest.mark.parametrize("size", [(1, 10_000), (10_000, 1), (20_000_000, 1), (17, 1)])
+@pytest.mark.parametrize("sizing", sorted(EVERY_SIZING))
+def test_an_elongated_image_is_refused_from_its_header_for_every_sizing(
+    size: tuple[int, int], sizing: str
+) -> None:
+    """A 1x10,000 PNG of 100 bytes was resized to 256x2,560,000 (2.7 GB) by the short-side
+    exports and 20,000,000x1 to 1.86 Mx32 by YOLO ones off TensorRT."""
+    with pytest.raises(ScoringError) as refused:
+        imaging.check_size(*size, DecodeLimits(), EVERY_SIZING[sizing])
+    assert refused.value.code is Code.IMAGE_TOO_LARGE
+    assert "SCORER_MAX_IMAGE_ASPECT" in refused.value.message
+
+
+def test_the_image_sized_for_the_model_is_bounded_like_the_decoded_one() -> None:
+    """The short side to 256 makes a 16:1 image of 10 x 160 into 256 x 4,096 pixels: over
+    a limit of a million, refused, though the decoded image was 1,600 pixels."""
+    prep = EVERY_SIZING["shorter-side"]
+    with pytest.raises(ScoringError, match="sized for the model it would be 256x4096"):
+        imaging.check_size(10, 160, DecodeLimits(max_pixels=1_000_000), prep)
+    imaging.check_size(10, 160, DecodeLimits(max_pixels=1_000_000), CROP_EXPORT)  # 224²
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (301, 199), (4000, 250), (256, 300)])
+def test_the_centre_crop_taken_in_source_coordinates_is_the_reference_resize_then_crop(
+    size: tuple[int, int],
+) -> None:
+    """Custom Vision's reference resizes the short side to 256, then crops the centre
+    224x224; resizing only the crop's region of the source gives the same pixels (within
+    one level of rounding) without the rest."""
+    image = Image.effect_noise(size, 80).convert("RGB")
+    resized_w, resized_h = imaging.resized_size(*size, CROP_EXPORT)
+    left, top = (resized_w - 224) // 2, (resized_h - 224) // 2
+    reference = image.resize((resized_w, resized_h), Image.Resampling.BILINEAR).crop(
+        (left, top, left + 224, top + 224)
+    )
+    expected = np.asarray(reference, np.float32).transpose(2, 0, 1)[None]
+    tensor = imaging.to_tensor(image, CROP_EXPORT)
+    assert tensor.shape == expected.shape
+    assert np.abs(tensor - expected).max() <= 1.0

@@ -318,9 +318,7 @@ class Scorer:
             raise ScoringError(Code.EMPTY_BODY, "no image bytes in the request")
         model, prep = served.model, served.model.spec.preprocessing
         started = time.perf_counter()
-        picture = imaging.decode_image(
-            image, self.config.limits, prep.draft_size(), self._decode_budget
-        )
+        picture = imaging.decode_image(image, self.config.limits, prep, self._decode_budget)
         tensor = imaging.to_tensor(picture, prep)
         decoded = time.perf_counter()
         outputs = self._run(model, tensor)

@@ -55,9 +55,12 @@ class Preprocessing:
 class DecodeLimits:
     """Guards against oversized and malicious images."""
 
-    max_pixels: int = 40_000_000
+    max_pixels: int = 40_000_000  # decoded, and resized for the model
     jpeg_draft: bool = True
     max_decode_bytes: int = 400_000_000
+    # Width:height (or height:width) at most: beyond 16:1 the script in Custom Vision's YOLO
+    # exports fails, and a 1x10,000 image made a 256x2,560,000 one for the model.
+    max_aspect: float = 16.0
 
 
 # Bytes per pixel of Pillow's decoded modes (anything else: 4).
@@ -99,26 +102,48 @@ class DecodeBudget:
                 self._condition.notify_all()
 
 
+def check_size(width: int, height: int, limits: DecodeLimits, prep: Preprocessing | None) -> None:
+    """IMAGE_TOO_LARGE for an image whose decode, or the image made of it for the model, is
+    beyond the limits: bounded by what is computed, not only by what is sent."""
+    if width * height > limits.max_pixels:
+        raise ScoringError(
+            Code.IMAGE_TOO_LARGE,
+            f"image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
+        )
+    if width and height and max(width / height, height / width) > limits.max_aspect:
+        raise ScoringError(
+            Code.IMAGE_TOO_LARGE,
+            f"image is {width}x{height}, more elongated than {limits.max_aspect:g}:1 "
+            "(SCORER_MAX_IMAGE_ASPECT)",
+        )
+    if prep is not None and width and height:
+        model_w, model_h = model_image_size(width, height, prep)
+        if model_w * model_h > limits.max_pixels:
+            raise ScoringError(
+                Code.IMAGE_TOO_LARGE,
+                f"image is {width}x{height}; sized for the model it would be {model_w}x"
+                f"{model_h} pixels, over the limit of {limits.max_pixels} "
+                "(SCORER_MAX_IMAGE_PIXELS)",
+            )
+
+
 def decode_image(
     data: bytes,
     limits: DecodeLimits,
-    draft_size: tuple[int, int] | None = None,
+    prep: Preprocessing | None = None,
     budget: DecodeBudget | None = None,
 ) -> Image.Image:
-    """Decode JPEG/PNG/BMP bytes into upright 3-channel RGB, or raise a `ScoringError`."""
+    """Decode JPEG/PNG/BMP bytes into upright 3-channel RGB, or raise a `ScoringError`;
+    with `prep`, what the model's sizing would make of it is bounded too."""
     try:
-        # Our own limit is checked from the header, before any pixel is decoded; Pillow's
+        # Our own limits are checked from the header, before any pixel is decoded; Pillow's
         # bomb check (a process-wide setting) only fires first for truly absurd sizes.
         image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         width, height = image.size
-        if width * height > limits.max_pixels:
-            raise ScoringError(
-                Code.IMAGE_TOO_LARGE,
-                f"image is {width}x{height} = {width * height} pixels; the limit is "
-                f"{limits.max_pixels} (SCORER_MAX_IMAGE_PIXELS)",
-            )
-        if limits.jpeg_draft and draft_size and image.format == "JPEG":
-            image.draft("RGB", draft_size)  # decoded at 1/2, 1/4 or 1/8 scale: less memory
+        check_size(width, height, limits, prep)
+        if limits.jpeg_draft and prep is not None and image.format == "JPEG":
+            image.draft("RGB", prep.draft_size())  # decoded at 1/2, 1/4 or 1/8 scale
         cost = decode_cost(image.mode, image.size)
         if cost > limits.max_decode_bytes:
             raise ScoringError(
@@ -185,16 +210,47 @@ def resized_size(width: float, height: float, prep: Preprocessing) -> tuple[int,
     )
 
 
+def _centre_crop(size: tuple[int, int], prep: Preprocessing) -> tuple[int, int] | None:
+    """The (left, top) of the centre crop within the resized image, when it fits in it."""
+    if prep.crop_method is not CropMethod.CENTER or not prep.crop_size:
+        return None
+    (width, height), (crop_w, crop_h) = size, prep.crop_size
+    if crop_w > width or crop_h > height:
+        return None
+    return (width - crop_w) // 2, (height - crop_h) // 2
+
+
+def model_image_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int]:
+    """The largest image made for the model from a `width` x `height` one: the resized one,
+    or only its centre crop when the crop is taken before resizing (`to_tensor`)."""
+    size = resized_size(width, height, prep)
+    if _centre_crop(size, prep) is not None and prep.crop_size:
+        return prep.crop_size
+    return size
+
+
 def to_tensor(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """RGB image -> `[1, 3, H, W]` in the model's colour order, range and dtype."""
+    """RGB image -> `[1, 3, H, W]` in the model's colour order, range and dtype.
+
+    Resize then centre-crop, as Custom Vision's reference does, computed as one resize of
+    the crop's region in the source's coordinates (Pillow's `box`): the same sampling
+    positions and filter, without ever making the part of the resized image the crop
+    throws away (256x2,560,000 pixels for a 1x10,000 image)."""
     size = resized_size(image.width, image.height, prep)
-    if image.size != size:
-        image = image.resize(size, prep.resampling)
-    if prep.crop_method is CropMethod.CENTER and prep.crop_size:
-        crop_w, crop_h = prep.crop_size
-        left = max(0, (image.width - crop_w) // 2)
-        top = max(0, (image.height - crop_h) // 2)
-        image = image.crop((left, top, left + crop_w, top + crop_h))
+    crop = _centre_crop(size, prep)
+    if crop is not None and prep.crop_size:
+        (left, top), (crop_w, crop_h) = crop, prep.crop_size
+        scale_x, scale_y = image.width / size[0], image.height / size[1]
+        box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+        image = image.resize(prep.crop_size, prep.resampling, box=box)
+    else:
+        if image.size != size:
+            image = image.resize(size, prep.resampling)
+        if prep.crop_method is CropMethod.CENTER and prep.crop_size:
+            crop_w, crop_h = prep.crop_size
+            left = max(0, (image.width - crop_w) // 2)
+            top = max(0, (image.height - crop_h) // 2)
+            image = image.crop((left, top, left + crop_w, top + crop_h))
     pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if prep.bgr:
         pixels = pixels[:, :, ::-1]

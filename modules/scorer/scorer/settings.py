@@ -105,6 +105,13 @@ def _aspect(text: str) -> float:
     return value
 
 
+def _image_aspect(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 1000.0:
+        raise ValueError("expected a width:height ratio from 1 to 1000")
+    return value
+
+
 def _providers(text: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if names == [AUTO]:
@@ -226,7 +233,15 @@ class Settings:
         "answer bytes waiting for clients that do not read them; beyond it such a connection"
         " is closed",
     )
-    max_image_pixels: int = _setting(40_000_000, _positive_int, "largest decoded image")
+    max_image_pixels: int = _setting(
+        40_000_000, _positive_int, "largest image, decoded and as sized for the model"
+    )
+    max_image_aspect: float = _setting(
+        16.0,
+        _image_aspect,
+        "most elongated image accepted, width:height or height:width (beyond 16:1 the"
+        " script in YOLO exports fails)",
+    )
     jpeg_draft: bool = _setting(True, _bool, "decode large JPEGs at reduced scale")
     max_decode_bytes: int = _setting(
         400_000_000, _positive_int, "memory one image's decode may take (pixels x bytes x copies)"

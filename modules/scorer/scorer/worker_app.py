@@ -77,7 +77,10 @@ def scorer_config(settings: Settings, spec: ModelSpec, version: str | None = Non
         model_name=name,
         model_version=version or settings.model_version or spec.sha256[:12],
         limits=DecodeLimits(
-            settings.max_image_pixels, settings.jpeg_draft, settings.max_decode_bytes
+            settings.max_image_pixels,
+            settings.jpeg_draft,
+            settings.max_decode_bytes,
+            settings.max_image_aspect,
         ),
         max_body_bytes=settings.max_body_bytes,
         default_threshold=settings.default_threshold,
