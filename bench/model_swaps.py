@@ -41,6 +41,7 @@ def main() -> int:
             PROVIDERS="cpu",
             API_KEYS=KEY,
             MODEL_ALLOW_HTTP="true",
+            MODEL_ALLOWED_ADDRESSES="127.0.0.1",
             MODEL_STORE=str(work / "store"),
         )
         server = ScorerProcess(env)

@@ -28,17 +28,36 @@ def sha256(data: bytes) -> str:
 
 
 class ModelServer:
-    """Files by path; `cut[path] = n` sends only n bytes of the next full answer."""
+    """Files by path; `cut[path] = n` sends only n bytes of the next full answer;
+    `redirects[path]` answers 302 to that location; `lengths[path]` is the Content-Length
+    sent instead of the true one; `held` is set while an answer waits for `release`."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}
         self.ranges: list[str] = []
+        self.redirects: dict[str, str] = {}
+        self.lengths: dict[str, str] = {}
+        self.hold: set[str] = set()
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.requested: list[str] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                data = server.files.get(self.path)
+                path = self.path.split("?", 1)[0]  # a SAS token's query is not the file's name
+                server.requested.append(path)
+                if path in server.hold:
+                    server.held.set()
+                    server.release.wait(30)
+                if path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = server.files.get(path)
                 if data is None:
                     self.send_error(404)
                     return
@@ -52,9 +71,9 @@ class ModelServer:
                         return
                 body = data[start:]
                 self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", server.lengths.get(path, str(len(body))))
                 self.end_headers()
-                cut = server.cut.pop(self.path, None)
+                cut = server.cut.pop(path, None)
                 self.wfile.write(body if cut is None else body[:cut])
                 if cut is not None:
                     self.close_connection = True

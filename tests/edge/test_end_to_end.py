@@ -198,7 +198,9 @@ def test_a_model_update_through_the_twin_is_reported_and_rolled_back_by_method(
     one refused while the good one serves, `rollbackModel` returning to the one before."""
     device.module("relay", **relay_settings(device))
     device.wait_connected("relay")
-    _, url = start_scorer(device, demo_dir, SCORER_MODEL_ALLOW_HTTP="true")
+    _, url = start_scorer(
+        device, demo_dir, SCORER_MODEL_ALLOW_HTTP="true", SCORER_MODEL_ALLOWED_ADDRESSES="127.0.0.1"
+    )
     red = (demo_dir / "images" / "red.jpg").read_bytes()
 
     def model() -> dict:

@@ -3,27 +3,18 @@ socket), and the updater swapping real ONNX Runtime sessions while refusing bad 
 
 from __future__ import annotations
 
-import io
 import json
-import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scorer.archive import ArchiveLimits
-from scorer.core import Scorer, ScorerConfig
-from scorer.model import ModelOptions, inspect_export
 from scorer.model_download import DownloadError, DownloadLimits, download
-from scorer.model_store import ModelStore
-from scorer.model_update import ModelRequest, ModelUpdater, UpdateState
-from scorer.session import open_session
+from scorer.model_update import ModelRequest, ModelUpdater
 
 from tests.conftest import fill
 from tests.model_server import ModelServer, export_zip, model_server
 from tests.scorer_process import free_port
-
-LAB = DownloadLimits(max_bytes=1 << 24, deadline_s=30, allow_http=True)
+from tests.updates import LAB, LOOPBACK, settled, started_updater, zip_entries
 
 
 @pytest.fixture
@@ -52,7 +43,7 @@ def test_downloads_refuse_http_a_wrong_hash_the_size_limit_and_a_missing_file(
         download(url, tmp_path / "b", "0" * 64, LAB)
     assert not (tmp_path / "b.part").exists() and not (tmp_path / "b").exists()
     with pytest.raises(DownloadError, match="limit is 1000"):
-        download(url, tmp_path / "c", digest, DownloadLimits(1000, 30, True))
+        download(url, tmp_path / "c", digest, DownloadLimits(1000, 30, True, rules=LOOPBACK))
     with pytest.raises(DownloadError, match="HTTP 404"):
         download(server.url + "/nothing.zip", tmp_path / "d", digest, LAB)
 
@@ -62,49 +53,13 @@ def updater(demo_dir: Path, tmp_path: Path) -> ModelUpdater:
     return started_updater(demo_dir, tmp_path)
 
 
-def started_updater(demo_dir: Path, tmp_path: Path, store: Path | None = None) -> ModelUpdater:
-    """The updater of a scorer started on the demo colour model, its store in `tmp_path`
-    (or in `store`)."""
-    cache = tmp_path / "cache"
-    spec = inspect_export(demo_dir / "models" / "colors", ModelOptions(), cache)
-    scorer = Scorer(spec, ScorerConfig("colors", "image-default"))
-    scorer.load(lambda s: open_session(s, ["CPUExecutionProvider"]))
-    return ModelUpdater(
-        scorer,
-        ModelStore(store or tmp_path / "store"),
-        inspect=lambda folder: inspect_export(folder, ModelOptions(), cache),
-        open_model=lambda s: open_session(s, ["CPUExecutionProvider"]),
-        limits=LAB,
-        unpack_limits=ArchiveLimits(max_bytes=1 << 24),
-    )
-
-
-def _settled(updater: ModelUpdater) -> dict:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = updater.status()
-        done = status["state"] in (UpdateState.READY.value, UpdateState.FAILED.value)
-        if done and not updater.busy:
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"the update did not settle: {updater.status()}")
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for name, data in entries.items():
-            bundle.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_an_update_swaps_the_model_and_every_bad_one_leaves_it_serving(
     updater: ModelUpdater, server: ModelServer, demo_dir: Path
 ) -> None:
     red = (demo_dir / "images" / "red.jpg").read_bytes()
     url, digest = server.add("/squares.zip", export_zip(demo_dir / "models" / "squares"))
     assert updater.request(ModelRequest("v2", url, digest))
-    status = _settled(updater)
+    status = settled(updater)
     assert status["state"] == "ready" and status["version"] == "v2" and not status["lastError"]
     result = updater.scorer.score(red)
     assert result.model_version == "v2" and result.kind == "detection"
@@ -112,16 +67,16 @@ def test_an_update_swaps_the_model_and_every_bad_one_leaves_it_serving(
 
     export = export_zip(demo_dir / "models" / "colors")
     bad = {
-        "slip": (_zip({"../evil": b"x", "model.onnx": b"x"}), None, "outside"),
-        "bomb": (_zip({"big.bin": b"\0" * 50_000_000}), None, "more than 100x"),
+        "slip": (zip_entries({"../evil": b"x", "model.onnx": b"x"}), None, "outside"),
+        "bomb": (zip_entries({"big.bin": b"\0" * 50_000_000}), None, "more than 100x"),
         "checksum": (export, "0" * 64, "SHA-256 is"),
         "truncated": (export[: len(export) // 2], None, "not a readable zip"),
-        "not-an-export": (_zip({"README.md": b"hello"}), None, "missing"),
+        "not-an-export": (zip_entries({"README.md": b"hello"}), None, "missing"),
     }
     for name, (data, claimed, why) in bad.items():
         url, digest = server.add(f"/{name}.zip", data)
         updater.request(ModelRequest(f"bad-{name}", url, claimed or digest))
-        status = _settled(updater)
+        status = settled(updater)
         assert status["state"] == "failed" and why in status["lastError"], name
         assert status["version"] == "v2", name  # still serving what it served
         assert updater.scorer.score(red).model_version == "v2"
@@ -139,9 +94,9 @@ def test_rollback_serves_the_previous_version_again(
     for version, model in (("v2", "squares"), ("v3", "colors")):
         url, digest = server.add(f"/{version}.zip", export_zip(demo_dir / "models" / model))
         updater.request(ModelRequest(version, url, digest))
-        assert _settled(updater)["version"] == version
+        assert settled(updater)["version"] == version
     assert updater.rollback() == "v2"
-    status = _settled(updater)
+    status = settled(updater)
     assert status["version"] == "v2" and status["previous"] == "v3"
     assert updater.scorer.score((demo_dir / "images" / "red.jpg").read_bytes()).kind == "detection"
 
@@ -152,7 +107,7 @@ def test_a_model_that_disagrees_with_its_canary_images_is_not_promoted(
     export = {p.name: p.read_bytes() for p in (demo_dir / "models" / "colors").iterdir()}
     red = (demo_dir / "images" / "red.jpg").read_bytes()
     for version, expected in (("agrees", "red"), ("disagrees", "blue")):
-        bundle = _zip(
+        bundle = zip_entries(
             {
                 **export,
                 "canary/red.jpg": red,
@@ -161,7 +116,7 @@ def test_a_model_that_disagrees_with_its_canary_images_is_not_promoted(
         )
         url, digest = server.add(f"/{version}.zip", bundle)
         updater.request(ModelRequest(version, url, digest))
-        status = _settled(updater)
+        status = settled(updater)
     assert status["state"] == "failed"
     assert "canary images disagree: red.jpg: red (expected blue)" in status["lastError"]
     assert status["version"] == "agrees"  # the one that agreed keeps serving
@@ -175,7 +130,7 @@ def test_a_damaged_store_pointer_neither_breaks_the_status_nor_an_update(
     assert updater.status()["previous"] is None  # no exception: the status still answers
     url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
     assert updater.request(ModelRequest("v2", url, digest))
-    assert _settled(updater)["state"] == "ready"
+    assert settled(updater)["state"] == "ready"
     assert updater.store.current() is not None and updater.store.current().version == "v2"
 
 
@@ -188,15 +143,15 @@ def test_a_model_that_failed_for_good_is_not_downloaded_again_until_it_changes(
     url, digest = server.add("/v2.zip", export)
     wrong = ModelRequest("v2", url, "0" * 64)
     assert updater.request(wrong)
-    assert "SHA-256 is" in _settled(updater)["lastError"]
+    assert "SHA-256 is" in settled(updater)["lastError"]
     fetched = len(server.ranges)
     for _ in range(3):  # three reconnects
         assert not updater.request(wrong)
     assert len(server.ranges) == fetched and updater.status()["state"] == "failed"
     assert updater.request(wrong, retry_failed=True)  # POST /admin/model
-    assert _settled(updater)["state"] == "failed" and len(server.ranges) > fetched
+    assert settled(updater)["state"] == "failed" and len(server.ranges) > fetched
     assert updater.request(ModelRequest("v2", url, digest))  # the desired model corrected
-    assert _settled(updater)["version"] == "v2"
+    assert settled(updater)["version"] == "v2"
 
 
 def test_a_model_that_failed_for_good_is_not_downloaded_again_after_a_restart(
@@ -207,7 +162,7 @@ def test_a_model_that_failed_for_good_is_not_downloaded_again_after_a_restart(
     url, _ = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
     wrong = ModelRequest("v2", url + "?sig=secret-token", "0" * 64)
     assert updater.request(wrong)
-    before = _settled(updater)
+    before = settled(updater)
     fetched = len(server.ranges)
     restarted = started_updater(demo_dir, tmp_path)
     after = restarted.status()
@@ -215,7 +170,7 @@ def test_a_model_that_failed_for_good_is_not_downloaded_again_after_a_restart(
     assert not restarted.request(wrong) and len(server.ranges) == fetched
     assert not any("secret-token" in path.read_text() for path in tmp_path.glob("store/*.json"))
     assert restarted.request(ModelRequest("v2", url, "1" * 64))  # a changed request is tried
-    _settled(restarted)
+    settled(restarted)
     assert len(server.ranges) > fetched
 
 
@@ -226,11 +181,11 @@ def test_a_model_the_network_failed_to_bring_is_tried_again(
     url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
     offline = ModelRequest("v2", unreachable, digest)
     assert updater.request(offline)
-    assert "download failed" in _settled(updater)["lastError"]
+    assert "download failed" in settled(updater)["lastError"]
     assert updater.request(offline)  # at the next reconnect it is tried again
-    assert _settled(updater)["state"] == "failed"
+    assert settled(updater)["state"] == "failed"
     assert updater.request(ModelRequest("v2", url, digest))
-    assert _settled(updater)["version"] == "v2"
+    assert settled(updater)["version"] == "v2"
 
 
 def test_an_update_onto_a_full_volume_fails_for_now_and_leaves_nothing_behind(
@@ -242,10 +197,10 @@ def test_an_update_onto_a_full_volume_fails_for_now_and_leaves_nothing_behind(
     url, digest = server.add("/v2.zip", export_zip(demo_dir / "models" / "squares"))
     ballast = fill(small_volume)
     assert updater.request(ModelRequest("v2", url, digest))
-    status = _settled(updater)
+    status = settled(updater)
     assert status["state"] == "failed" and "No space left on device" in status["lastError"]
     assert updater.scorer.score(red).model_version == "image-default"  # still serving
     assert not [p for p in small_volume.rglob("*") if p.is_file() and p != ballast]
     ballast.unlink()  # space returns: a full volume was no verdict on the model
     assert updater.request(ModelRequest("v2", url, digest))
-    assert _settled(updater)["version"] == "v2"
+    assert settled(updater)["version"] == "v2"

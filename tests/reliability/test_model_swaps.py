@@ -28,6 +28,7 @@ def _updatable(
         PROVIDERS="cpu",
         API_KEYS=KEY,
         MODEL_ALLOW_HTTP="true",
+        MODEL_ALLOWED_ADDRESSES="127.0.0.1",
         MODEL_STORE=str(store),
     )
 

@@ -53,6 +53,15 @@ def test_alert_rules_match_on_their_own_threshold_ignoring_the_filter() -> None:
             "boundingBox",
         ),
         (b'{"id": 7, "predictions": []}', "id is not a string"),
+        # RecursionError and OverflowError went past the door to the generic handler
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"predictions": [{"tagName": "a", "probability": 1' + b"0" * 3999 + b"}]}", "from 0"),
+        (
+            b'{"predictions": [{"tagName": "a", "probability": 0.5, "boundingBox": {"left": 1'
+            + b"0" * 3999
+            + b', "top": 0, "width": 0, "height": 0}}]}',
+            "boundingBox",
+        ),
     ],
 )
 def test_malformed_results_are_refused_at_the_door_with_the_reason(

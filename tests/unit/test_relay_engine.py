@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from relay.policy import MAX_MESSAGE_BYTES, AlertRule, MessageKind, Outgoing, Policy
-from relay.relay import Forwarder, Relay
+from relay.relay import Forwarder, Outcome, Relay
 from relay.spool import MIN_SPOOL_BYTES, WAL_BYTES, Spool, StorageFull
 
 from tests.unit.test_policy import result
@@ -354,3 +354,23 @@ def test_delivery_stall_is_measured_while_messages_wait(spool: Spool) -> None:
     time.sleep(0.5)
     forwarder.stop()
     assert forwarder.stalled_s() >= 0.4 and forwarder.state.last_error
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"predictions": [{"tagName": "a", "probability": 1' + b"0" * 3999 + b"}]}",
+    ],
+    ids=["nested-100000-deep", "4000-digit-probability"],
+)
+def test_input_that_broke_the_parser_is_refused_at_the_door_with_one_warning(
+    spool: Spool, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RecursionError and OverflowError passed the door's `except ValueError` and reached
+    the generic handler: an ERROR with a traceback per input."""
+    relay = Relay(spool, Policy(), Clock())
+    with caplog.at_level("WARNING"):
+        assert relay.handle(payload, "m1") is Outcome.REJECTED
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert not any(r.exc_info for r in caplog.records)

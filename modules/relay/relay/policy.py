@@ -142,9 +142,16 @@ MAX_LABEL_CHARS = 256
 BOX_FIELDS = ("left", "top", "width", "height")
 
 
+MAX_EXACT_INT = 2**53  # beyond it an integer has no float (math.isfinite overflowed)
+
+
 def _finite(value: Any) -> bool:
     # `True` is an int in Python but never a probability or a coordinate
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _reject_constant(name: str) -> Any:
@@ -157,8 +164,10 @@ def parse_result(payload: bytes) -> dict[str, Any]:
         result = json.loads(payload, parse_constant=_reject_constant)
     except InvalidResult:
         raise
-    except ValueError as error:  # includes bad UTF-8
+    except ValueError as error:  # includes bad UTF-8 and integers over 4,300 digits
         raise InvalidResult(f"not JSON ({error})") from None
+    except RecursionError:  # the parser's stack, not the process's
+        raise InvalidResult("not JSON (nested too deeply)") from None
     if not isinstance(result, dict):
         raise InvalidResult("not a JSON object")
     for key in ("id", "created"):

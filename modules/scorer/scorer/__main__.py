@@ -124,6 +124,10 @@ def main() -> int:
     folder, version = settings.model_dir, None
     store = ModelStore.for_settings(settings)
     try:
+        store.recover()
+    except OSError as error:  # a read-only or damaged volume: serving matters more
+        log.warning("model store: cannot clean up: %s", one_line(error))
+    try:
         promoted = store.current()
     except StoreError as error:
         log.error("model store unreadable, serving %s: %s", settings.model_dir, error)

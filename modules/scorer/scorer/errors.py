@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Code(str, enum.Enum):
@@ -54,3 +55,31 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, (ModelError, RuntimeError)):
         return text
     return f"{type(error).__name__}: {text}"
+
+
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# an absolute path: a slash not inside a word, a URL or a relative path
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"<>]*")
+QUERY = re.compile(r"\?[^\s'\"<>]*")
+
+
+def _url_without_secrets(match: re.Match[str]) -> str:
+    scheme, _, rest = match.group().partition("://")
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]  # user:password@ never shown
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    return f"{scheme}://{host}{slash}{path}"
+
+
+def _path_name(match: re.Match[str]) -> str:
+    path = re.split(r"[?#]", match.group(), maxsplit=1)[0]
+    return path.rstrip("/").rpartition("/")[2] or "/"
+
+
+def redact(text: str) -> str:
+    """Text that can go to a log, the twin or an answer: URLs without their query strings
+    (a SAS token is one) or user names, absolute paths cut to their last name (the store's
+    layout is nobody's business upstream), and any other query string dropped."""
+    text = URL.sub(_url_without_secrets, text)
+    text = ABSOLUTE_PATH.sub(_path_name, text)
+    return QUERY.sub("?…", text)

@@ -2,9 +2,10 @@
 
 - Only `host[:port]` pairs of `SCORER_URL_ALLOWED_HOSTS` (an entry without a port allows
   the scheme's default port only), for the URL and every redirect.
-- The name is resolved here and the address checked before connecting: a listed name that
-  resolves to a loopback, link-local (cloud metadata), multicast or unspecified address is
-  refused, unless that address itself is listed.
+- The name is resolved here and the address checked before connecting (`addresses`, the
+  rules model downloads follow too): a listed name that resolves to a loopback, link-local
+  (cloud metadata), multicast or unspecified address is refused, unless that address itself
+  is listed.
 - One deadline for resolving, connecting, the TLS handshake, headers and body together
   (`SCORER_URL_TIMEOUT_S`): every socket wait gets only what is left of it, so a server
   trickling its body cannot hold a request longer.
@@ -15,6 +16,7 @@ The HTTP/1.1 response is parsed by h11, as the worker parses requests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import socket
@@ -24,6 +26,7 @@ import urllib.parse
 
 import h11
 
+from .addresses import AddressRefused, AddressRules, Unresolvable, connect
 from .errors import Code, ScoringError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -84,36 +87,16 @@ def _check_allowed(target: Target, policy: FetchPolicy) -> None:
         )
 
 
-def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_unspecified
-        or address.is_reserved
-    )
-
-
-def resolve(target: Target, policy: FetchPolicy) -> list[tuple[int, str]]:
-    """(family, address) pairs to try; internal addresses only when listed as such."""
-    try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise ScoringError(Code.URL_FETCH_FAILED, f"cannot resolve {target.host}") from None
-    usable: list[tuple[int, str]] = []
-    for family, _, _, _, address in infos:
-        text = str(address[0])
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-        listed = str(ip) in policy.allowed_hosts or f"{ip}:{target.port}" in policy.allowed_hosts
-        if not _internal(ip) or listed:
-            usable.append((family, text))
-    if not usable:
-        raise ScoringError(
-            Code.URL_NOT_ALLOWED,
-            f"{target.host} resolves to an internal address (loopback, link-local or "
-            "metadata); list that address itself in SCORER_URL_ALLOWED_HOSTS to allow it",
-        )
-    return usable
+def _address_rules(target: Target, policy: FetchPolicy) -> AddressRules:
+    """Internal addresses allowed for this target: those listed as such (`10.0.0.5`, or
+    `10.0.0.5:<the target's port>`) in SCORER_URL_ALLOWED_HOSTS."""
+    listed = []
+    for entry in policy.allowed_hosts:
+        suffix = f":{target.port}"
+        for text in (entry, entry[: -len(suffix)] if entry.endswith(suffix) else ""):
+            with contextlib.suppress(ValueError):
+                listed.append(ipaddress.ip_network(text.strip("[]")))
+    return AddressRules(tuple(listed))
 
 
 class _Deadline:
@@ -133,25 +116,28 @@ class _Deadline:
 
 
 def _connect(target: Target, policy: FetchPolicy, deadline: _Deadline) -> socket.socket:
-    for family, address in resolve(target, policy):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(deadline.left(target))
-            sock.connect((address, target.port))
-        except OSError:
-            sock.close()
-            continue
-        if target.scheme == "http":
-            return sock
-        try:
-            secure = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
-        except (OSError, ssl.SSLError):
-            sock.close()
-            raise ScoringError(
-                Code.URL_FETCH_FAILED, f"TLS with {target.name} failed (certificate or protocol)"
-            ) from None
-        return secure
-    raise ScoringError(Code.URL_FETCH_FAILED, f"cannot connect to {target.name}")
+    try:
+        sock = connect(
+            target.host, target.port, _address_rules(target, policy), deadline.left(target)
+        )
+    except Unresolvable:
+        raise ScoringError(Code.URL_FETCH_FAILED, f"cannot resolve {target.host}") from None
+    except AddressRefused as error:
+        raise ScoringError(
+            Code.URL_NOT_ALLOWED,
+            f"{error}; list that address itself in SCORER_URL_ALLOWED_HOSTS to allow it",
+        ) from None
+    except OSError:
+        raise ScoringError(Code.URL_FETCH_FAILED, f"cannot connect to {target.name}") from None
+    if target.scheme == "http":
+        return sock
+    try:
+        return ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+    except (OSError, ssl.SSLError):
+        sock.close()
+        raise ScoringError(
+            Code.URL_FETCH_FAILED, f"TLS with {target.name} failed (certificate or protocol)"
+        ) from None
 
 
 def _get(target: Target, policy: FetchPolicy, deadline: _Deadline) -> tuple[int, str, bytes]:

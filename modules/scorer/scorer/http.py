@@ -19,7 +19,7 @@ from .core import Code, ScoreOptions, Scorer, ScoringError
 from .errors import error_document
 from .fetch import FetchPolicy, fetch_image
 from .http_errors import HTTP_STATUS, RETRY_LATER, printable
-from .model_update import ModelRequest, ModelUpdater
+from .model_update import ModelRequest, ModelUpdater, UpdateConflict
 from .openapi import API_VERSION, CONTAINER_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -248,14 +248,17 @@ def create_app(
             wanted = ModelRequest.parse(request.get_json(silent=True))
         except ValueError as error:
             raise ScoringError(Code.INVALID_ARGUMENT, f"model update: {error}") from None
-        started = updates.request(wanted, retry_failed=True)  # an operator asking again
-        return jsonify(updates.status()), 202 if started else 200
+        admission = updates.request(wanted, retry_failed=True)  # an operator asking again
+        answer = {**updates.status(), "superseded": admission.superseded}
+        return jsonify(answer), 202 if admission.started else 200
 
     @app.post("/admin/model/rollback")
     def admin_rollback() -> tuple[Response, int]:
         updates = admin()
         try:
             updates.rollback()
+        except UpdateConflict as error:
+            raise ScoringError(Code.CONFLICT, str(error)) from None
         except ValueError as error:
             raise ScoringError(Code.INVALID_ARGUMENT, str(error)) from None
         return jsonify(updates.status()), 202

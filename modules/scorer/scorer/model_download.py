@@ -5,6 +5,12 @@ only if the server does not answer 206. Every read gets only what is left of one
 so a server trickling bytes cannot hold the update for longer (a stalled read ends after at
 most 30 s, and the next try resumes). The file is renamed into
 place only once its SHA-256 matches.
+
+The URL comes from the twin or an admin request, so it is held to the rules of `/url`
+(`addresses`): the first request and every redirect connect only to an address checked after
+resolution, never to loopback, link-local (cloud metadata) or private ranges unless listed
+(`SCORER_MODEL_ALLOWED_ADDRESSES`); a refused address is refused before connecting, so no
+answer from inside the plant ever shapes an error.
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ import dataclasses
 import hashlib
 import http.client
 import os
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from .addresses import AddressRefused, AddressRules, connect
 
 CHUNK = 1 << 16
 
@@ -38,6 +50,7 @@ class DownloadLimits:
     deadline_s: float = 900.0
     allow_http: bool = False  # plain HTTP only where a setting allows it (a lab, a test)
     attempts: int = 3  # tries within the deadline, each resuming the last
+    rules: AddressRules = AddressRules(private=True)  # which addresses it may connect to
 
 
 def check_url(url: str, allow_http: bool) -> None:
@@ -60,8 +73,55 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener(allow_http: bool) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_CheckedRedirects(allow_http))
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """A connection to the checked address of its host (resolved once, here)."""
+
+    rules = AddressRules(private=True)
+
+    def connect(self) -> None:
+        self.sock = connect(self.host, self.port, self.rules, self.timeout)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    """The same, with TLS verified against the host's name (the system's trust store)."""
+
+    rules = AddressRules(private=True)
+    tls = ssl.create_default_context()
+
+    def connect(self) -> None:
+        sock: socket.socket = connect(self.host, self.port, self.rules, self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
+class _CheckedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's handlers on the checked connections, for the first URL and every redirect."""
+
+    def __init__(self, rules: AddressRules) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self.rules = rules
+
+    def _checked(
+        self, kind: type[_CheckedHTTPConnection] | type[_CheckedHTTPSConnection]
+    ) -> Callable[..., http.client.HTTPConnection]:
+        def made(host: str, **options: Any) -> http.client.HTTPConnection:
+            connection = kind(host, **options)
+            connection.rules = self.rules
+            return connection
+
+        return made
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._checked(_CheckedHTTPConnection), req)
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._checked(_CheckedHTTPSConnection), req)
+
+
+def _opener(limits: DownloadLimits) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        _CheckedRedirects(limits.allow_http), _CheckedHandler(limits.rules)
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -72,6 +132,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _content_length(text: str | None) -> int | None:
+    """The announced length, or DownloadError for one that is not a number."""
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise DownloadError(f"the server sent an invalid Content-Length ({text[:20]!r})")
+    return int(text)
+
+
 def _fetch_rest(url: str, part: Path, limits: DownloadLimits, deadline: float) -> None:
     """Append what is missing of `url` to `part`; raises on a failure of this try."""
     have = part.stat().st_size if part.exists() else 0
@@ -80,20 +149,24 @@ def _fetch_rest(url: str, part: Path, limits: DownloadLimits, deadline: float) -
     if left <= 0:
         raise DownloadError("deadline passed")
     try:
-        response = _opener(limits.allow_http).open(
+        response = _opener(limits).open(
             urllib.request.Request(url, headers=headers), timeout=min(left, 30.0)
         )
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # asked past the end: the part is complete
             return
         raise DownloadError(f"HTTP {error.code} {error.reason}", error.code < 500) from None
+    except AddressRefused as error:  # before connecting, on the first URL or a redirect
+        raise DownloadError(
+            f"{error}; list it in SCORER_MODEL_ALLOWED_ADDRESSES to allow it"
+        ) from None
     with response:
         mode = "ab" if response.status == 206 else "wb"  # 200: the server does not resume
         if mode == "wb":
             have = 0
-        length = response.headers.get("Content-Length")
-        if length is not None and have + int(length) > limits.max_bytes:
-            raise DownloadError(f"{have + int(length)} bytes; the limit is {limits.max_bytes}")
+        length = _content_length(response.headers.get("Content-Length"))
+        if length is not None and have + length > limits.max_bytes:
+            raise DownloadError(f"{have + length} bytes; the limit is {limits.max_bytes}")
         with part.open(mode) as sink:
             while True:
                 left = deadline - time.monotonic()
@@ -106,7 +179,7 @@ def _fetch_rest(url: str, part: Path, limits: DownloadLimits, deadline: float) -
                 if have > limits.max_bytes:
                     raise DownloadError(f"more than the {limits.max_bytes}-byte limit")
                 sink.write(chunk)
-        if length is not None and mode == "wb" and have != int(length):
+        if length is not None and mode == "wb" and have != length:
             raise DownloadError(f"connection closed after {have} of {length} bytes", False)
 
 

@@ -3,14 +3,18 @@ background, check it on the export's canary images if it has any, then swap it i
 current model answers every request until then.
 
 A failure at any step leaves the current model serving and is reported (`state: failed`,
-`lastError`). One update runs at a time; a request that arrives meanwhile runs after it
-(only the newest one waiting is kept).
+`lastError`, with URLs' query strings and absolute paths taken out: it goes to IoT Hub). One
+update runs at a time; a request that arrives meanwhile runs after it (only the newest one
+waiting is kept: it supersedes the one waiting before, and says so). A rollback is refused
+while an update runs or waits (`UpdateConflict`): which version is "previous" is only known
+once it ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import hashlib
 import json
 import logging
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import archive
 from .core import ScoreOptions, Scorer, Served, utc_timestamp, warmed_up
+from .errors import redact
 from .model import ModelSpec
 from .model_download import DownloadError, DownloadLimits, download
 from .model_store import Failure, ModelStore, Promoted, StoreError, check_version
@@ -33,6 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 CANARY = Path("canary") / "expected.json"  # in the export: {"image file": "expected top tag"}
+# A failure of the volume, which may mend (space freed, a disk back): not remembered as the
+# request's own failure, so the twin's next reconnect tries again. Any other error inside an
+# update (a bad archive or model, whatever Python raises for it) is final.
+PASSING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+)
+
+
+class UpdateConflict(ValueError):
+    """Refused while an update runs or waits (HTTP 409)."""
 
 
 class CanaryFailed(ValueError):
@@ -45,22 +60,32 @@ def check_canary(scorer: Scorer, candidate: Served, export: Path) -> int:
     expected_file = export / CANARY
     if not expected_file.is_file():
         return 0
-    expected = json.loads(expected_file.read_text())
+    try:
+        expected = json.loads(expected_file.read_text())
+    except (OSError, ValueError) as error:
+        raise CanaryFailed(f"{CANARY}: not readable JSON ({error})") from None
     if not isinstance(expected, dict) or not all(
-        isinstance(k, str) and "/" not in k and isinstance(v, str) for k, v in expected.items()
+        isinstance(k, str) and _plain_file_name(k) and isinstance(v, str)
+        for k, v in expected.items()
     ):
         raise CanaryFailed(f"{CANARY}: expected {{image file name: top tag}}")
     wrong = []
     for name, tag in expected.items():
-        result = scorer.score_on(
-            candidate, (expected_file.parent / name).read_bytes(), ScoreOptions(threshold=0.0)
-        )
+        image = expected_file.parent / name
+        if not image.is_file() or image.is_symlink():
+            raise CanaryFailed(f"{CANARY}: the canary image {name!r} is not in the export")
+        result = scorer.score_on(candidate, image.read_bytes(), ScoreOptions(threshold=0.0))
         top = result.predictions[0].tag_name if result.predictions else None
         if top != tag:
             wrong.append(f"{name}: {top} (expected {tag})")
     if wrong:
         raise CanaryFailed(f"canary images disagree: {'; '.join(wrong[:5])}")
     return len(expected)
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name of a file in the canary folder itself: no folder, no `.` or `..`."""
+    return bool(name) and name not in (".", "..") and not set(name) & {"/", "\\", "\0"}
 
 
 class UpdateState(str, enum.Enum):
@@ -83,6 +108,19 @@ class Job:
 
 
 @dataclasses.dataclass(frozen=True)
+class Admission:
+    """What became of a request: `started` (now or once the running update ends: `queued`),
+    and the waiting version it `superseded`, which will not be installed."""
+
+    started: bool
+    queued: bool = False
+    superseded: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.started
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelRequest:
     """A model to serve: the twin's desired `model` (or the admin route's body)."""
 
@@ -101,6 +139,7 @@ class ModelRequest:
         check_version(version)
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a string")
+        check_url_text(url)
         if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
             raise ValueError("sha256 must be 64 hex digits")
         return cls(version, url, sha256.lower())
@@ -111,9 +150,28 @@ class ModelRequest:
         return hashlib.sha256(fields).hexdigest()
 
 
+def check_url_text(url: str) -> None:
+    """ValueError, never quoting the URL (it may carry a SAS token), for one no HTTP client
+    should be given: spaces, control or non-ASCII characters (a careless paste), or no
+    http(s) scheme and host."""
+    if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+        raise ValueError("url contains spaces, control or non-ASCII characters")
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("https", "http") or not rest.split("/", 1)[0]:
+        raise ValueError("url must be an absolute https URL")
+
+
 def failure_text(error: Exception) -> str:
-    """How a failed update is reported (`lastError`) and remembered."""
-    return f"{type(error).__name__}: {error}"[:500]
+    """How a failed update is reported (`lastError`, logged, remembered): one line, without
+    query strings (SAS tokens) or absolute paths."""
+    return redact(f"{type(error).__name__}: {' '.join(str(error).split())}")[:500]
+
+
+def passing(error: Exception) -> bool:
+    """Whether a failure may mend by itself (the network, the volume): worth another try."""
+    if isinstance(error, DownloadError):
+        return not error.final
+    return isinstance(error, OSError) and error.errno in PASSING_ERRNOS
 
 
 class ModelUpdater:
@@ -140,8 +198,8 @@ class ModelUpdater:
         self.last_error: str | None = None
         self.updated_at: str | None = None
         self.target: str | None = None  # the version being installed
-        self._lock = threading.Lock()
-        self._waiting: Job | None = None
+        self._lock = threading.RLock()
+        self._waiting: Job | None = None  # the newest request that waits for the running one
         self._busy = False
         # The last request that failed for a reason trying again cannot mend (a wrong hash,
         # a refused or oversized download, a bad archive or model, a canary), kept in the
@@ -167,48 +225,57 @@ class ModelUpdater:
         """The reported property `model` (and `getModel`'s answer)."""
         served = self.scorer.served
         promoted = self._promoted()
+        waiting = self._waiting
         return {
             "version": served.version if served else None,
             "sha256": self.scorer.spec.sha256,
             "state": self.state.value,
             "target": self.target,
+            "queued": waiting.target if waiting else None,
             "previous": promoted.previous if promoted else None,
             "lastError": self.last_error,
             "updatedAt": self.updated_at,
         }
 
-    def request(self, wanted: ModelRequest, retry_failed: bool = False) -> bool:
-        """Install and serve `wanted` in the background; False if it is served already, or
-        failed for good before (unless `retry_failed`: an operator asking again).
+    def request(self, wanted: ModelRequest, retry_failed: bool = False) -> Admission:
+        """Install and serve `wanted` in the background; not started if it is served
+        already, or failed for good before (unless `retry_failed`: an operator asking again).
 
         A version name stands for one content: the current version is not fetched again,
         and the previous one is served from the store (as a rollback)."""
         promoted = self._promoted()
         if promoted is not None and wanted.version == promoted.version:
-            return False
+            return Admission(started=False)
         failure = self.store.failure()
         if failure and failure.request == wanted.digest() and not retry_failed:
             log.info("model update: not trying version %s again, it failed: %s",
                      wanted.version, failure.error)  # fmt: skip
-            return False
+            return Admission(started=False)
         if promoted is not None and wanted.version == promoted.previous:
-            self._serve_stored(wanted.version)
-            return True
-        self._run(lambda: self._install(wanted), wanted.version, UpdateState.DOWNLOADING)
-        return True
+            return self._serve_stored(wanted.version)
+        return self._run(lambda: self._install(wanted), wanted.version, UpdateState.DOWNLOADING)
 
     def rollback(self) -> str:
-        """Serve the previous version again (in the background); its name."""
-        promoted = self._promoted()
-        if promoted is None or promoted.previous is None:
-            raise ValueError("there is no previous version to roll back to")
-        self._serve_stored(promoted.previous)
+        """Serve the previous version again (in the background); its name. Refused while an
+        update runs or waits: the previous version is the one before *it* only once it ends
+        (before, a rollback accepted then failed when the update pruned its target)."""
+        with self._lock:
+            if self._busy:
+                waiting = f", {self._waiting.target} waits" if self._waiting else ""
+                raise UpdateConflict(
+                    f"an update is under way (to {self.target}{waiting}); roll back once it"
+                    " has ended"
+                )
+            promoted = self._promoted()
+            if promoted is None or promoted.previous is None:
+                raise ValueError("there is no previous version to roll back to")
+            self._serve_stored(promoted.previous)
         return promoted.previous
 
-    def _serve_stored(self, version: str) -> None:
+    def _serve_stored(self, version: str) -> Admission:
         """Serve a version the store still has (the previous one) again."""
         folder = self.store.folder(version)
-        self._run(lambda: self._serve(version, folder), version)
+        return self._run(lambda: self._serve(version, folder), version)
 
     @property
     def busy(self) -> bool:
@@ -218,20 +285,26 @@ class ModelUpdater:
 
     def _run(
         self, job: Callable[[], None], target: str, first: UpdateState = UpdateState.VERIFYING
-    ) -> None:
-        """Start `job` now, or after the running one (the newest waiting job wins). A job
-        started now shows its `first` state before this returns (never the last update's
-        outcome); it is reported to IoT Hub from the job's own thread, not the caller's."""
+    ) -> Admission:
+        """Start `job` now, or after the running one (the newest waiting job wins, and the
+        admission says which one it superseded). A job started now shows its `first` state
+        before this returns (never the last update's outcome); it is reported to IoT Hub
+        from the job's own thread, not the caller's. Called with the lock held or not."""
         step = Job(job, target, first)
-        with self._lock:
+        with self._lock:  # reentrant: a rollback decides under it
             if self._busy:
-                self._waiting = step
-                return
+                superseded, self._waiting = self._waiting, step
+                if superseded is not None:
+                    log.info("model update: version %s superseded by %s before it started",
+                             superseded.target, target)  # fmt: skip
+                replaced = superseded.target if superseded is not None else None
+                return Admission(True, queued=True, superseded=replaced)
             self._busy = True
             self._begin(step)
         worker = threading.Thread(target=self._worker, args=(step,), name="model-update")
         worker.daemon = True
         worker.start()
+        return Admission(True)
 
     def _begin(self, step: Job) -> None:
         self.target, self.last_error, self.state = step.target, None, step.first
@@ -244,9 +317,10 @@ class ModelUpdater:
             try:
                 next_step.run()
             except Exception as error:  # noqa: BLE001 - any failure: report it, keep serving
-                self._set(UpdateState.FAILED, failure_text(error))
+                text = failure_text(error)
+                self._set(UpdateState.FAILED, text)
                 log.error("model update to %s failed; still serving %s: %s",
-                          self.target, self.status()["version"], error)  # fmt: skip
+                          self.target, self.status()["version"], text)  # fmt: skip
             with self._lock:
                 next_step, self._waiting = self._waiting, None
                 if next_step is None:
@@ -265,11 +339,7 @@ class ModelUpdater:
         try:
             self._download_and_serve(wanted)
         except Exception as error:
-            # Worth another try: the network or the volume (a full disk) may mend.
-            passing = isinstance(error, OSError) or (
-                isinstance(error, DownloadError) and not error.final
-            )
-            if passing:
+            if passing(error):  # the network or the volume (a full disk) may mend
                 self._forget_failure()
             else:
                 self._remember(Failure(wanted.digest(), wanted.version, failure_text(error),

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import Code
 from .http_errors import HTTP_STATUS
+from .model_store import VERSION_PATTERN, VERSION_RULE
 from .vocabulary import Binding
 
 # The routes of Custom Vision's exported container, so its clients only change the address.
@@ -144,7 +145,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["version", "url", "sha256"],
         "properties": {
-            "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+            "version": {"type": "string", "pattern": VERSION_PATTERN, "description": VERSION_RULE},
             "url": {"type": "string", "description": "https URL of the export zip"},
             "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
         },
@@ -160,6 +161,14 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["ready", "downloading", "verifying", "warming", "failed"],
             },
             "target": {"type": ["string", "null"]},
+            "queued": {
+                "type": ["string", "null"],
+                "description": "the version waiting for the running update (the newest asked)",
+            },
+            "superseded": {
+                "type": ["string", "null"],
+                "description": "in an update's answer: the waiting version it replaced",
+            },
             "previous": {"type": ["string", "null"]},
             "lastError": {"type": ["string", "null"]},
             "updatedAt": {"type": ["string", "null"]},

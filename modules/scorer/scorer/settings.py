@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -143,6 +144,13 @@ def _hosts(text: str) -> tuple[str, ...]:
     return tuple(host.strip().lower() for host in text.split(",") if host.strip())
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    entries = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    for entry in entries:
+        ipaddress.ip_network(entry, strict=False)  # ValueError names the bad one
+    return entries
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -188,6 +196,12 @@ class Settings:
         900.0, _positive_float, "time limit for a whole model download"
     )
     model_allow_http: bool = _setting(False, _bool, "allow http:// model URLs (labs, tests)")
+    model_allowed_addresses: tuple[str, ...] = _setting(
+        (),
+        _networks,
+        "internal addresses or networks model downloads may reach (e.g. an on-premises model"
+        " server 10.0.0.5); loopback, link-local and private ones are refused otherwise",
+    )
     host: str = _setting("0.0.0.0", str, "address both servers listen on")
     http_port: int = _setting(8080, _port, "HTTP port (0: any free port)")
     grpc_port: int = _setting(50051, _port, "gRPC port (0: any free port)")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gunicorn.arbiter import Arbiter
 
 from . import cache, engine_cache, heap, relay_status
+from .addresses import AddressRules
 from .archive import ArchiveLimits
 from .auth import ApiKeys
 from .core import Scorer, ScorerConfig
@@ -281,7 +282,10 @@ def model_updater(scorer: Scorer, settings: Settings, sessions: Sessions) -> Any
         inspect=inspect,
         open_model=open_model,
         limits=DownloadLimits(
-            settings.model_max_bytes, settings.model_download_timeout_s, settings.model_allow_http
+            settings.model_max_bytes,
+            settings.model_download_timeout_s,
+            settings.model_allow_http,
+            rules=AddressRules.parse(settings.model_allowed_addresses, private=True),
         ),
         unpack_limits=ArchiveLimits(max_bytes=settings.model_max_bytes),
     )
