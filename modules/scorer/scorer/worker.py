@@ -51,6 +51,11 @@ DRAIN_BYTES = 1 << 20
 # (as asyncio does) while the open connections are served and free theirs
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_PAUSE_S = 1.0
+# The kernel's send buffer of a client connection: Linux grows one to 4 MB (tcp_wmem) for a
+# client that does not read, kernel memory a thousand connections would multiply; 256 KB
+# is more than a plant network's bandwidth-delay product and holds any answer of ours but
+# the page's largest files, whose rest the loop sends.
+SEND_BUFFER_BYTES = 256 * 1024
 
 
 def error_answer(code: Code, message: str) -> Answer:
@@ -200,6 +205,7 @@ class ScorerWorker(ThreadWorker):
             sock.close()  # nothing to say yet: under TLS it could not even be read
             return
         self.nr_conns += 1
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         if self.tls_context is not None:  # the handshake happens in the loop, like the reading
             sock = self.tls_context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
