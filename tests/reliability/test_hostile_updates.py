@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from scorer.addresses import AddressRules
+from scorer.auth import ApiKeys
+from scorer.http import create_app
 from scorer.model_store import ModelStore, StoreError
 from scorer.model_update import ModelRequest, ModelUpdater, UpdateConflict
 
@@ -24,6 +26,7 @@ from tests.updates import LAB, settled, started_updater, zip_entries
 
 pytestmark = pytest.mark.reliability
 
+KEY = "admin-key-0123456789abcdef"
 SAS = "sv=2024-11-04&se=2027-01-01&sr=b&sp=r&sig=SECRETsignature%3D"
 
 
@@ -130,6 +133,9 @@ def test_a_rollback_is_refused_while_an_update_runs_and_a_superseded_one_is_name
     assert server.held.wait(10)
     with pytest.raises(UpdateConflict, match="update is under way"):
         updater.rollback()
+    admin = create_app(updater.scorer, keys=ApiKeys([KEY]), updater=updater).test_client()
+    refused = admin.post("/admin/model/rollback", headers={"Authorization": f"Bearer {KEY}"})
+    assert (refused.status_code, refused.json["error"]["code"]) == (409, "CONFLICT")
     first = updater.request(ModelRequest("v4", url, digest))
     second = updater.request(ModelRequest("v5", url, digest))
     assert (first.queued, first.superseded) == (True, None)
