@@ -115,3 +115,36 @@ def read_until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_the_admin_api_answers_while_every_slot_is_scoring(
+    start_scorer: Callable[..., ScorerProcess], slow_model_dir: Path
+) -> None:
+    """The loop's gate counted every POST as scoring: under full load
+    `POST /admin/model/rollback`, when an operator needs it most, got 429."""
+    key = "admin-key-0123456789abcdef"
+    server = start_scorer(
+        slow_model_dir, PROVIDERS="cpu", MAX_INFLIGHT="2", THREADS="6", API_KEYS=key
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, "PNG")
+
+    def post(_: int) -> int:
+        return requests.post(
+            server.url + "/score",
+            data=buffer.getvalue(),
+            headers={"Content-Type": "image/png", **auth},
+            timeout=60,
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        burst = [pool.submit(post, i) for i in range(CLIENTS * 2)]
+        time.sleep(0.2)
+        rollback = requests.post(server.url + "/admin/model/rollback", headers=auth, timeout=60)
+        status = requests.get(server.url + "/admin/model", headers=auth, timeout=60)
+        codes = {f.result() for f in burst}
+    assert codes == {200, 429}  # the slots were all taken meanwhile
+    assert rollback.status_code == 400  # answered: there is no previous version
+    assert rollback.json()["error"]["code"] == "INVALID_ARGUMENT"
+    assert status.status_code == 200 and status.json()["state"] == "ready"

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ class ScorerServer(BaseApplication):
         self.tls = tls  # the worker wraps HTTP connections with it
         self.grpc_server: Any = None
         self.edge_publisher: Any = None
+        self.scores: Callable[[str, str], bool] = lambda _method, _path: False
         super().__init__()
 
     def load_config(self) -> None:
@@ -107,6 +109,7 @@ class ScorerServer(BaseApplication):
         self.scorer = serving.scorer  # the worker counts what it refuses while reading requests
         self.grpc_server = serving.grpc_server
         self.edge_publisher = serving.edge_publisher
+        self.scores = serving.scores  # which requests take an in-flight slot
         return serving.app
 
 

@@ -51,19 +51,25 @@ def _http_date(second: int) -> bytes:
     return email.utils.formatdate(second, usegmt=True).encode()
 
 
-def wsgi_environ(request: h11.Request, body: bytes, peer: Peer) -> dict[str, Any]:
-    """PEP 3333's environ for a whole request (the body is in memory, so its length is
-    known even when it came chunked)."""
-    target = request.target
+def path_and_query(target: bytes) -> tuple[str, str]:
+    """The decoded path (what the app routes on) and the raw query of a request target, in
+    origin form or a proxy's absolute form."""
     if not target.startswith(b"/"):  # absolute form (a proxy's) or "*"
         parts = urllib.parse.urlsplit(target)
         target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     path, _, query = target.partition(b"?")
+    return urllib.parse.unquote_to_bytes(path).decode("latin-1"), query.decode("latin-1")
+
+
+def wsgi_environ(request: h11.Request, body: bytes, peer: Peer) -> dict[str, Any]:
+    """PEP 3333's environ for a whole request (the body is in memory, so its length is
+    known even when it came chunked)."""
+    path, query = path_and_query(request.target)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method.decode("ascii"),
         "SCRIPT_NAME": "",
-        "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
-        "QUERY_STRING": query.decode("latin-1"),
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
         "SERVER_NAME": peer.server[0],
         "SERVER_PORT": str(peer.server[1]),
         "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),

@@ -41,6 +41,8 @@ MAX_FORM_PARTS = 16  # an image and a few fields; werkzeug's default is 1,000
 # readiness for probes, the page with its static files and the API reference, which hold
 # no data (the page asks for the key).
 OPEN_ENDPOINTS = frozenset({"healthz", "readyz", "page", "reference", "openapi_document", "static"})
+# The routes that score: `POST /score` and the container's `image` and `url` routes.
+SCORING_ENDPOINTS = ("score", "image:", "url:")
 # werkzeug's refusals other than 404 and 405 (answered with the allowed methods), by status
 HTTP_EXCEPTION_CODES = {
     400: Code.INVALID_ARGUMENT,
@@ -132,6 +134,22 @@ def _url_body() -> str:
     if not isinstance(url, str) or not url:
         raise ScoringError(Code.INVALID_ARGUMENT, 'body must be JSON: {"url": "https://..."}')
     return url
+
+
+def scoring_routes(app: Flask) -> Callable[[str, str], bool]:
+    """Whether a request (method, decoded path) goes to a route that scores, by the app's
+    own routing: only those take one of the in-flight slots the worker's loop hands out, so
+    the admin API, health, metrics and the page answer under full load."""
+    adapter = app.url_map.bind("scorer")
+
+    def scores(method: str, path: str) -> bool:
+        try:
+            endpoint, _ = adapter.match(path, method)
+        except HTTPException:  # no route, a wrong method, a redirect: the app answers it
+            return False
+        return str(endpoint).startswith(SCORING_ENDPOINTS)
+
+    return scores
 
 
 def create_app(

@@ -35,7 +35,7 @@ from typing import Any
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import Code, error_document
-from .exchange import Answer, Peer, call_app, keeps_alive, render, wsgi_environ
+from .exchange import Answer, Peer, call_app, keeps_alive, path_and_query, render, wsgi_environ
 from .heartbeat import Heartbeat, status_of
 from .http_errors import HTTP_STATUS, RETRY_LATER
 from .request_frame import Progress, RequestFrame, http_connection
@@ -154,8 +154,10 @@ class ScorerWorker(ThreadWorker):
     def init_process(self) -> None:
         self.reading: dict[ClientConnection, Reading] = {}
         self.draining: dict[ClientConnection, Draining] = {}
-        # Connections whose POST (every POST route scores) is with a thread: at most
-        # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued.
+        # Connections whose request to a route that scores is with a thread: at most
+        # SCORER_MAX_INFLIGHT, so a request beyond it is refused here, not queued. Which
+        # routes score is the app's routing (`http.scoring_routes`): the admin API, health,
+        # metrics and the page never take a slot.
         self.scoring: set[ClientConnection] = set()
         # Bytes held by requests still arriving: without a bound, a thousand connections
         # each sending most of a maximal body and stalling would hold gigabytes.
@@ -354,7 +356,9 @@ class ScorerWorker(ThreadWorker):
         if frame.rejection is not None:
             self.refuse(conn, frame.rejection.code, frame.rejection.message)
             return False
-        if frame.method == b"POST":
+        assert frame.request is not None  # whole: its head was parsed
+        path, _ = path_and_query(frame.request.target)
+        if self.app.scores(frame.method.decode("ascii"), path):
             budget = self.app.settings.max_inflight
             if len(self.scoring) >= budget:
                 return self.overloaded(conn, budget)

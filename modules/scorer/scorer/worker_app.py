@@ -26,7 +26,7 @@ from .auth import ApiKeys
 from .core import Scorer, ScorerConfig
 from .errors import one_line
 from .fetch import FetchPolicy
-from .http import create_app
+from .http import create_app, scoring_routes
 from .imaging import DecodeLimits
 from .input_sizes import input_sizes, tensorrt_profile
 from .model import ModelKind, ModelOptions, ModelSpec, inspect_export
@@ -363,6 +363,7 @@ class Serving:
     scorer: Scorer
     grpc_server: Any
     edge_publisher: Any
+    scores: Callable[[str, str], bool]  # (method, path) goes to a route that scores
 
 
 def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource | None) -> Serving:
@@ -393,4 +394,4 @@ def serve(settings: Settings, folder: Path, version: str | None, tls: TlsSource 
     app = create_app(
         scorer, policy, ApiKeys(settings.api_keys), updater, edge_status(edge_publisher, settings)
     )
-    return Serving(app, scorer, grpc_server, edge_publisher)
+    return Serving(app, scorer, grpc_server, edge_publisher, scoring_routes(app))
