@@ -203,7 +203,7 @@ def test_a_hard_limit_too_low_cuts_the_connection_limits_and_a_flood_ends_no_wor
                 stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
         time.sleep(1)  # the loops take (or refuse) what they can
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
-    assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log
+    assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log, server.log
 
 
 def test_out_of_descriptors_the_worker_stops_accepting_for_a_moment_instead_of_ending(
@@ -293,3 +293,26 @@ def test_idle_hoarders_and_clients_that_never_read_leave_a_new_client_its_quiet_
     assert hoarded[0] <= 2 * quiet[0], f"/healthz p50 {hoarded[0]:.2f} ms, quiet {quiet[0]:.2f}"
     assert hoarded[1] <= 2 * quiet[1], f"/score p50 {hoarded[1]:.2f} ms, quiet {quiet[1]:.2f}"
     assert "Traceback" not in server.log
+
+
+def test_connections_closed_to_make_room_while_their_own_events_wait_end_no_worker(
+    server: ScorerProcess,
+) -> None:
+    """At the limit, a new connection closes the longest-idle one; when that one's own
+    event (its client hanging up) came in the same turn of the loop, the stale event ran
+    on a closed connection and ended the worker (KeyError). Rounds of hang-ups and new
+    connections at once make such turns."""
+    worker = worker_pid(server.proc.pid)
+    address = ("127.0.0.1", server.port)
+    held = [socket.create_connection(address, timeout=10) for _ in range(LIMIT)]
+    for _ in range(30):
+        time.sleep(0.02)
+        new = [socket.create_connection(address, timeout=10) for _ in range(LIMIT)]
+        for sock in held:
+            sock.sendall(b"G")  # its event, behind the listener's in the same turn
+            sock.close()
+        held = new
+    for sock in held:
+        sock.close()
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert worker_pid(server.proc.pid) == worker and "Traceback" not in server.log, server.log

@@ -149,7 +149,12 @@ class Draining:
 
 class ScorerWorker(ThreadWorker):
     """gthread with whole-request reading in the event loop, deadlines, JSON refusals and
-    the app run on the loop's parse."""
+    the app run on the loop's parse.
+
+    One turn of the loop dispatches every event `select` returned, so a connection closed by
+    an earlier callback of the same turn (the longest-idle one, closed to admit a new one)
+    may still have an event queued: each callback first checks that its connection is still
+    in the state it was registered for."""
 
     def init_process(self) -> None:
         self.reading: dict[ClientConnection, Reading] = {}
@@ -282,6 +287,8 @@ class ScorerWorker(ThreadWorker):
 
     def on_client_socket_readable(self, conn: ClientConnection, client: Any) -> None:
         """A kept-alive connection sends its next request: read it here, not in a thread."""
+        if conn not in self.keepalived_conns:  # closed earlier in this turn (made room)
+            return
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         reading = self.start_reading(conn)
@@ -309,6 +316,8 @@ class ScorerWorker(ThreadWorker):
 
     def on_request_bytes(self, reading: Reading, _sock: Any) -> None:
         conn = reading.conn
+        if self.reading.get(conn) is not reading:  # closed earlier in this turn (made room)
+            return
         try:
             data = conn.receive(READ_CHUNK)
         except WOULD_BLOCK:
@@ -443,6 +452,8 @@ class ScorerWorker(ThreadWorker):
 
     def on_writable(self, writing: Writing, _sock: Any) -> None:
         conn = writing.conn
+        if self.writing.get(conn) is not writing:  # ended earlier in this turn
+            return
         try:
             sent = send_now(conn.sock, conn.unsent)
         except OSError:
@@ -504,6 +515,8 @@ class ScorerWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_drain, draining))
 
     def on_drain(self, draining: Draining, _sock: Any) -> None:
+        if self.draining.get(draining.conn) is not draining:  # ended earlier in this turn
+            return
         try:
             data = draining.conn.receive(READ_CHUNK)
         except WOULD_BLOCK:
