@@ -169,9 +169,8 @@ class ScorerWorker(ThreadWorker):
         self.held = 0
         self.writing: dict[ClientConnection, Writing] = {}
         self.unsent = 0  # bytes of answers waiting for clients to read them
-        self.per_client: collections.Counter[str] = (
-            collections.Counter()
-        )  # open connections by client address
+        # open connections by client address
+        self.per_client: collections.Counter[str] = collections.Counter()
         settings = self.app.settings
         self.client_share = settings.max_client_connections or max(1, settings.max_connections // 2)
         self.accept_paused_until = 0.0
@@ -491,7 +490,7 @@ class ScorerWorker(ThreadWorker):
         """Best effort on a non-blocking socket (a small answer fits in the send buffer of
         a client that reads); whether all of it went."""
         try:
-            return bool(conn.sock.send(data) == len(data))
+            return send_now(conn.sock, data) == len(data)
         except OSError:
             return False
 
